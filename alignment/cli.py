@@ -1,0 +1,65 @@
+"""The `align` command line: `align train RECIPE.yaml [--set key=value ...] [--resume]`.
+
+Bad input (a recipe field, a dataset row, a model path, a reward name) ends with one line on stderr naming
+what is wrong and exit code 2. Also runs under the deepspeed launcher:
+``deepspeed --num_gpus N --module alignment.cli train RECIPE.yaml`` (each process gets ``--local_rank``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from alignment.errors import UserInputError
+from rewards.errors import RewardComponentError, RewardConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="Reward-composition alignment trainer")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="run a training recipe (YAML)")
+    train.add_argument("recipe", help="path to a YAML recipe, e.g. configs/quickstart.yaml")
+    train.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set train.max_steps=10 (repeatable)",
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest checkpoint")
+    train.add_argument("--output-dir", default=None, help="run folder (overrides the recipe's output_dir)")
+    train.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from alignment.config import load_recipe
+    from alignment.train import run_training
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    recipe = load_recipe(args.recipe, overrides)
+    result = run_training(recipe, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run finished after {result.steps} steps; results in {result.run_dir}")
+        print(f"  metrics:     {result.run_dir / 'metrics.jsonl'}")
+        print(f"  tensorboard: {result.run_dir / 'tensorboard'}")
+        if result.final_checkpoint is not None:
+            print(f"  checkpoint:  {result.final_checkpoint}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `align` console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+    except (UserInputError, RewardConfigError, RewardComponentError) as err:
+        print(f"align {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

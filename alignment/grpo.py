@@ -1,0 +1,151 @@
+"""GRPO on TRL's GRPOTrainer with the reward composer and the rollout worker plugged in.
+
+Three narrow subclass points, nothing else of TRL's loop is changed:
+- `rollout_func` (TRL's documented hook): samples come from a `rollout/` engine.
+- `_calculate_rewards`: the composer scores every objective on this process's rows (failures become NaN and
+  are counted); the [N, K] matrix is gathered across processes, as TRL does, and kept for the step.
+- `_generate_and_score_completions`: after TRL's own pass, the advantages are replaced by the composer's
+  (masking, normalisation and weighting are the composer's job), per-objective and composite rewards and the
+  weights are logged, and the weighting strategy sees the gathered matrix (identical on every rank).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import gather
+from trl import GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
+
+from alignment.checkpointing import AtomicCheckpointMixin
+from rewards.composer import RewardComposer
+from rollout.base import Prompt, RolloutEngine, Sample, SamplingParams
+
+
+class ObjectiveRewardFunction:
+    """One objective of the composer as a TRL reward function (TRL names its metrics after `__name__`)."""
+
+    def __init__(self, composer: RewardComposer, index: int) -> None:
+        self.composer = composer
+        self.index = index
+        self.__name__ = composer.objectives[index].name
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        columns = {k: v for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(completions)}
+        matrix = self.composer.score(prompts, completions, **columns).matrix
+        return [None if np.isnan(v) else float(v) for v in matrix[:, self.index]]
+
+
+def run_lengths(prompts: Sequence[Prompt]) -> list[tuple[Prompt, int]]:
+    """Collapse consecutive equal prompts (TRL repeats each prompt G times) into (prompt, count) runs."""
+    runs: list[tuple[Prompt, int]] = []
+    for prompt in prompts:
+        if runs and runs[-1][0] == prompt:
+            runs[-1] = (prompt, runs[-1][1] + 1)
+        else:
+            runs.append((prompt, 1))
+    return runs
+
+
+def generate_for_prompts(engine: RolloutEngine, prompts: Sequence[Prompt], params: SamplingParams) -> list[Sample]:
+    """One sample per entry of `prompts` (which repeats each prompt), in order; equal runs share one request."""
+    runs = run_lengths(prompts)
+    counts = {count for _, count in runs}
+    if len(counts) == 1:
+        grouped = engine.generate([p for p, _ in runs], dataclasses.replace(params, n=counts.pop()))
+    else:
+        grouped = engine.generate(list(prompts), dataclasses.replace(params, n=1))
+    return [sample for group in grouped for sample in group]
+
+
+class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
+    """TRL's GRPOTrainer driven by a `RewardComposer` and a rollout engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        composer: RewardComposer,
+        engine: RolloutEngine,
+        sampling: SamplingParams,
+        keep_checkpoints: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.composer = composer
+        self.rollout_engine = engine
+        self.sampling = sampling
+        self.keep_checkpoints = keep_checkpoints
+        self._reward_matrix: torch.Tensor | None = None
+        self._reward_failures: dict[str, int] = {}
+        reward_funcs = [ObjectiveRewardFunction(composer, k) for k in range(len(composer.objectives))]
+        super().__init__(reward_funcs=reward_funcs, rollout_func=self._rollout, **kwargs)
+
+    # -- rollout ---------------------------------------------------------------------------------------------
+    def _rollout(self, prompts: list[Prompt], trainer: Any) -> dict[str, Any]:
+        using = getattr(self.rollout_engine, "using", None)
+        if using is None:
+            samples = generate_for_prompts(self.rollout_engine, prompts, self.sampling)
+        else:
+            with (
+                unwrap_model_for_generation(
+                    self.model_wrapped,
+                    self.accelerator,
+                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                ) as unwrapped,
+                using(unwrapped),
+            ):
+                samples = generate_for_prompts(self.rollout_engine, prompts, self.sampling)
+        return {
+            "prompt_ids": [s.prompt_ids for s in samples],
+            "completion_ids": [s.completion_ids for s in samples],
+            "logprobs": [s.logprobs for s in samples],
+        }
+
+    # -- rewards ---------------------------------------------------------------------------------------------
+    def _calculate_rewards(
+        self, inputs: list[dict[str, Any]], prompts: list[Any], completions: list[Any], completion_ids_list: list[Any]
+    ) -> torch.Tensor:
+        skip = {"prompt", "completion", "completion_ids"}
+        columns = {key: [row.get(key) for row in inputs] for key in inputs[0] if key not in skip}
+        columns["completion_ids"] = completion_ids_list
+        result = self.composer.score(prompts, completions, **columns)
+        device = self.accelerator.device
+        local = torch.tensor(result.matrix, dtype=torch.float32, device=device)
+        failures = torch.tensor([result.failures[n] for n in self.composer.names], dtype=torch.float32, device=device)
+        total_failures = gather(failures.unsqueeze(0)).sum(dim=0)
+        self._reward_failures = dict(zip(self.composer.names, total_failures.tolist()))
+        self._reward_matrix = gather(local)
+        return self._reward_matrix
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        assert self._reward_matrix is not None
+        matrix = self._reward_matrix.double().cpu().numpy()
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        composition = self.composer.compose(matrix, group_size)
+        local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
+        advantages = output["advantages"]
+        output["advantages"] = torch.as_tensor(
+            composition.advantages[local], dtype=advantages.dtype, device=advantages.device
+        )
+        metrics = self._metrics[mode]
+        with np.errstate(all="ignore"):
+            composite_mean = float(np.nanmean(composition.rewards)) if np.isfinite(composition.rewards).any() else 0.0
+        metrics["reward/composite"].append(composite_mean)
+        for name, weight in zip(self.composer.names, composition.weights):
+            metrics[f"weights/{name}"].append(float(weight))
+            metrics[f"rewards/{name}/failures"].append(float(self._reward_failures.get(name, 0)))
+        if mode == "train":
+            self.composer.update(matrix, step=int(self.state.global_step))
+        return output
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def extra_checkpoint_state(self) -> dict[str, Any]:
+        return {"composer": self.composer.state_dict(), "global_step": int(self.state.global_step)}
+
+    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.composer.load_state_dict(state["composer"])

@@ -1,0 +1,283 @@
+"""From a validated recipe to a finished run folder.
+
+A run folder holds: `config.yaml` (the resolved recipe), `metrics.jsonl` (one line per logged step: every
+objective's mean reward, the composite reward, weights, KL, loss, step time), `tensorboard/`, and atomic
+`checkpoint-N/` folders (adapter or weights, optimizer, scheduler, RNG and trainer state, composer state).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignment.checkpointing import STAGING_DIR, checkpoint_step, latest_checkpoint
+from alignment.config import Recipe
+from alignment.errors import ConfigError
+from alignment.io import MetricsWriter, atomic_write_text
+from rewards.composer import Objective, RewardComposer
+from rewards.errors import RewardConfigError
+from rewards.registry import build_component
+from rewards.weighting import StaticWeights
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunResult:
+    """Where a finished run left its results."""
+
+    run_dir: Path
+    final_checkpoint: Path | None
+    steps: int
+
+
+def world_info() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment (1 process when not launched)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_composer(recipe: Recipe) -> RewardComposer:
+    """The recipe's reward composer; bad component names or arguments raise ConfigError."""
+    objectives = []
+    for i, objective in enumerate(recipe.rewards.objectives):
+        where = f"rewards.objectives[{i}] ({objective.name})"
+        try:
+            component = build_component(objective.name, objective.component, objective.args, where)
+        except RewardConfigError as err:
+            raise ConfigError(str(err)) from None
+        objectives.append(Objective(objective.name, component))
+    weights = [o.weight for o in recipe.rewards.objectives]
+    try:
+        return RewardComposer(objectives, StaticWeights(weights), recipe.rewards.normalization)
+    except RewardConfigError as err:
+        raise ConfigError(f"rewards: {err}") from None
+
+
+def resolve_run_dir(recipe: Recipe) -> Path:
+    """The run folder: the recipe's output_dir, else runs/<recipe name>-<run id or timestamp>."""
+    if recipe.output_dir:
+        return Path(recipe.output_dir)
+    stem = Path(recipe.source).stem if recipe.source else recipe.algorithm
+    run_id = os.environ.get("ALIGN_RUN_ID")
+    if run_id is None:
+        if world_info()[1] > 1:
+            raise ConfigError(
+                "output_dir: a multi-process run needs output_dir set (or ALIGN_RUN_ID, which launch.sh sets) "
+                "so that every process writes to the same folder"
+            )
+        run_id = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stem}-{run_id}"
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> Path | None:
+    """Check the run folder and return the checkpoint to resume from (None = start fresh).
+
+    Refuses to start a fresh run in a folder that already holds one, so nothing of an earlier run is lost.
+    """
+    has_run = (run_dir / METRICS_FILE).exists() or latest_checkpoint(run_dir) is not None
+    if resume:
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume: run folder {str(run_dir)!r} does not exist")
+        return latest_checkpoint(run_dir)
+    if has_run:
+        raise ConfigError(
+            f"output_dir: {str(run_dir)!r} already holds a run; pass --resume to continue it or choose another "
+            "output_dir"
+        )
+    return None
+
+
+def _load_model_and_tokenizer(recipe: Recipe) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(recipe.model.path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.path: {str(path)!r} is not a model directory (no config.json)")
+    if recipe.model.trust_remote_code:
+        import warnings
+
+        warnings.warn("model.trust_remote_code is on: the model folder's Python code will run", stacklevel=2)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[recipe.model.dtype]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, local_files_only=True, trust_remote_code=recipe.model.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.path: cannot load {str(path)!r}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def _peft_config(recipe: Recipe, model: Any) -> Any:
+    if not recipe.peft.enabled:
+        return None
+    from peft import LoraConfig
+
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in recipe.peft.target_modules if m not in leaf_names]
+    if missing:
+        linear = sorted(n for n in leaf_names if n.endswith("proj") or n in ("lm_head", "fc1", "fc2"))
+        raise ConfigError(f"peft.target_modules: {missing} not in the model; candidates: {', '.join(linear)}")
+    return LoraConfig(
+        r=recipe.peft.r,
+        lora_alpha=recipe.peft.alpha,
+        lora_dropout=recipe.peft.dropout,
+        target_modules=list(recipe.peft.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def _grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
+    from trl import GRPOConfig
+
+    t = recipe.train
+    completions = t.prompts_per_step * t.num_generations
+    if completions % (world_size * t.gradient_accumulation_steps) != 0:
+        raise ConfigError(
+            f"train: prompts_per_step x num_generations = {completions} completions per step must divide evenly "
+            f"over {world_size} processes x {t.gradient_accumulation_steps} accumulation steps"
+        )
+    report_to = [r for r in t.report_to if r != "none"] or "none"
+    return GRPOConfig(
+        output_dir=str(run_dir),
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        per_device_train_batch_size=completions // (world_size * t.gradient_accumulation_steps),
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_generations=t.num_generations,
+        max_completion_length=recipe.rollout.max_new_tokens,
+        temperature=recipe.rollout.temperature,
+        top_p=recipe.rollout.top_p,
+        top_k=recipe.rollout.top_k,
+        beta=t.beta,
+        epsilon=t.epsilon,
+        epsilon_high=t.epsilon_high,
+        loss_type=t.loss_type,
+        reward_weights=[o.weight for o in recipe.rewards.objectives],
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=None,  # rotation of complete checkpoints is ours (alignment.checkpointing)
+        report_to=report_to,
+        deepspeed=t.deepspeed,
+        gradient_checkpointing=t.gradient_checkpointing,
+        bf16=recipe.model.dtype == "bfloat16",
+        fp16=recipe.model.dtype == "float16",
+        dataloader_num_workers=0,
+        log_completions=False,
+        disable_tqdm=False,
+    )
+
+
+def _metrics_callback(writer: MetricsWriter, composer: RewardComposer) -> Any:
+    from transformers import TrainerCallback
+
+    class MetricsJSONLCallback(TrainerCallback):
+        """Writes every logged step to metrics.jsonl (main process only) with the step's wall time."""
+
+        def __init__(self) -> None:
+            self._step_start: float | None = None
+            self._step_seconds: float | None = None
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._step_start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self._step_start is not None:
+                self._step_seconds = time.perf_counter() - self._step_start
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            record: dict[str, Any] = {"step": int(state.global_step)}
+            record.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
+            record["objectives"] = {name: logs.get(f"rewards/{name}/mean") for name in composer.names}
+            record["weights"] = {name: logs.get(f"weights/{name}") for name in composer.names}
+            record["composite_reward"] = logs.get("reward/composite")
+            record["step_time"] = self._step_seconds
+            writer.write(record)
+
+    return MetricsJSONLCallback()
+
+
+def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
+    """Train the recipe (GRPO on the composer) and return where the results are. Raises ConfigError/DataError."""
+    from alignment.data import load_prompts
+
+    rank, world_size = world_info()
+    run_dir = resolve_run_dir(recipe)
+    # Everything that can be checked is checked before anything is written.
+    resume_from = prepare_run_dir(run_dir, recipe, resume) if rank == 0 else (latest_checkpoint(run_dir) if resume else None)
+    dataset = load_prompts(recipe.data.train, recipe.data.prompt_column, recipe.data.max_rows)
+    composer = build_composer(recipe)
+    if recipe.train.torch_threads:
+        import torch
+
+        torch.set_num_threads(recipe.train.torch_threads)
+    model, tokenizer = _load_model_and_tokenizer(recipe)
+    peft_config = _peft_config(recipe, model)
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    args = _grpo_args(recipe, run_dir, world_size)
+
+    from alignment.grpo import ComposedGRPOTrainer
+    from rollout.base import SamplingParams
+    from rollout.transformers_engine import TransformersEngine
+
+    if recipe.rollout.engine == "vllm":
+        raise ConfigError("rollout.engine: 'vllm' is not available in this build yet; use 'transformers'")
+    engine = TransformersEngine(model, tokenizer, batch_size=recipe.rollout.batch_size)
+    sampling = SamplingParams(
+        temperature=recipe.rollout.temperature,
+        top_p=recipe.rollout.top_p,
+        top_k=recipe.rollout.top_k,
+        max_tokens=recipe.rollout.max_new_tokens,
+        stop=tuple(recipe.rollout.stop),
+    )
+    writer = MetricsWriter(run_dir / METRICS_FILE)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+        atomic_write_text(run_dir / CONFIG_FILE, config_text)
+        if resume:
+            writer.truncate_after(checkpoint_step(resume_from) if resume_from is not None else 0)
+    trainer = ComposedGRPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        composer=composer,
+        engine=engine,
+        sampling=sampling,
+        keep_checkpoints=recipe.train.save_total_limit,
+        callbacks=[_metrics_callback(writer, composer)],
+    )
+    # The engine generates with the trainer's (possibly PEFT-wrapped) model.
+    engine.model = trainer.model
+    if resume_from is not None:
+        trainer.restore_extra_checkpoint_state(resume_from)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    trainer.accelerator.wait_for_everyone()
+    final = latest_checkpoint(run_dir)
+    if rank == 0:
+        staging = run_dir / STAGING_DIR
+        if staging.is_dir() and not any(staging.iterdir()):
+            staging.rmdir()
+    return RunResult(run_dir=run_dir, final_checkpoint=final, steps=int(trainer.state.global_step))

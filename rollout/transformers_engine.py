@@ -1,0 +1,142 @@
+"""The transformers engine: batched `generate` with left padding; the CPU default and the fallback engine."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rollout.base import Prompt, Sample, SamplingParams
+
+
+def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
+    """Token ids of a prompt as TRL builds them: chat template with generation prompt, or the plain text."""
+    if isinstance(prompt, str):
+        return list(tokenizer(text=prompt)["input_ids"])
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return list(ids["input_ids"])
+
+
+def truncate_at_stop(
+    completion_ids: list[int], eos_ids: set[int], stop: Sequence[str], tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[int], bool]:
+    """Cut generated ids after the first EOS (kept) or after the token completing a stop string.
+
+    Returns (ids, stopped): stopped is True when an EOS or a stop string ended the completion.
+    """
+    for t, token in enumerate(completion_ids):
+        if token in eos_ids:
+            completion_ids = completion_ids[: t + 1]
+            return completion_ids, True
+    if stop:
+        text = tokenizer.decode(completion_ids, skip_special_tokens=True)
+        if any(s in text for s in stop):
+            for t in range(1, len(completion_ids) + 1):
+                prefix = tokenizer.decode(completion_ids[:t], skip_special_tokens=True)
+                if any(s in prefix for s in stop):
+                    return completion_ids[:t], True
+    return completion_ids, False
+
+
+class TransformersEngine:
+    """Generates with a transformers (or PEFT) causal LM held in this process.
+
+    The engine shares the learner's weights: no copy, no sync. Inside a learner under ZeRO-3, call
+    `generate` within `using(unwrapped_model)` so that the gathered full parameters are used.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model: PreTrainedModel | Any, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token before generating")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @contextlib.contextmanager
+    def using(self, model: Any) -> Iterator[TransformersEngine]:
+        """Temporarily generate with `model` (e.g. the ZeRO-3 gathered copy of the policy)."""
+        previous, self.model = self.model, model
+        try:
+            yield self
+        finally:
+            self.model = previous
+
+    def _eos_ids(self) -> set[int]:
+        eos: set[int] = set()
+        config = getattr(self.model, "generation_config", None)
+        for source in (getattr(config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                eos.add(source)
+            elif isinstance(source, list | tuple):
+                eos.update(int(x) for x in source)
+        return eos
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Sample]]:
+        """Sample `params.n` completions for each prompt; returns one list of samples per prompt, in order."""
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        prompt_ids = [tokenize_prompt(self.tokenizer, p) for p in prompts]
+        per_chunk = max(1, self.batch_size // params.n)
+        results: list[list[Sample]] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(prompt_ids), per_chunk):
+                results.extend(self._generate_chunk(prompt_ids[start : start + per_chunk], params))
+        finally:
+            if was_training:
+                self.model.train()
+        return results
+
+    def _generate_chunk(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Sample]]:
+        device = next(self.model.parameters()).device
+        width = max(len(ids) for ids in prompt_ids)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids) :] = 1
+        eos_ids = self._eos_ids()
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            do_sample=True,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else None,
+            max_new_tokens=params.max_tokens,
+            num_return_sequences=params.n,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(eos_ids) if eos_ids else None,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        generated = out.sequences[:, width:].cpu()
+        # Logprobs under the sampling distribution at temperature T (before top-k/top-p), as TRL recomputes them.
+        logits = torch.stack(out.logits, dim=1).float().cpu() / params.temperature
+        token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1)
+        samples: list[list[Sample]] = [[] for _ in prompt_ids]
+        for row in range(generated.shape[0]):
+            prompt_index = row // params.n
+            ids, stopped = truncate_at_stop(generated[row].tolist(), eos_ids, params.stop, self.tokenizer)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            for stop in params.stop:
+                if stop in text:
+                    text = text[: text.index(stop)]
+            samples[prompt_index].append(
+                Sample(
+                    text=text,
+                    prompt_ids=list(prompt_ids[prompt_index]),
+                    completion_ids=ids,
+                    logprobs=token_logprobs[row, : len(ids)].tolist(),
+                    finish_reason="stop" if stopped else "length",
+                )
+            )
+        return samples

@@ -1,0 +1,144 @@
+"""Composer: scoring with failures, composite rewards, and advantages checked by hand and against TRL."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rewards.composer import Objective, RewardComposer
+from rewards.errors import RewardComponentError, RewardConfigError
+from rewards.normalization import decoupled_advantages, group_advantages, nanstd, weighted_sum
+from rewards.rules import LengthReward, band_length_score, target_length_score
+from rewards.weighting import StaticWeights
+
+# TRL's nanstd computes Bessel's factor count/(count-1) from integer tensors, i.e. in float32: agreement is to ~1e-8.
+TRL_RTOL = 1e-6
+
+
+class Constant:
+    def __init__(self, name: str, values: list[float | None]) -> None:
+        self.name, self.values = name, values
+
+    def __call__(self, prompts, completions, **columns):
+        return self.values[: len(completions)] if len(completions) > 1 else [self.values[0]]
+
+
+class FailsOnOdd:
+    name = "flaky"
+
+    def __call__(self, prompts, completions, **columns):
+        out = []
+        for c in completions:
+            if int(c) % 2:
+                raise ValueError("odd")
+            out.append(float(c))
+        return out
+
+
+def test_nanstd_matches_trl() -> None:
+    from trl.trainer.utils import nanstd as trl_nanstd
+
+    x = np.array([[1.0, 2.0, np.nan, 4.0], [3.0, 3.0, 3.0, 1.0]])
+    ours = nanstd(x, axis=1)
+    theirs = trl_nanstd(torch.tensor(x), dim=1).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=TRL_RTOL)
+
+
+def test_group_advantages_by_hand() -> None:
+    rewards = np.array([1.0, 3.0, 0.0, 0.0])
+    adv = group_advantages(rewards, group_size=2)
+    # group 1: mean 2, std (Bessel) sqrt(2); group 2: std 0 -> advantages 0
+    expected = np.array([-1 / (math.sqrt(2) + 1e-4), 1 / (math.sqrt(2) + 1e-4), 0.0, 0.0])
+    np.testing.assert_allclose(adv, expected, rtol=1e-12)
+    np.testing.assert_allclose(group_advantages(rewards, 2, scale="none"), [-1, 1, 0, 0])
+
+
+def _trl_sum_then_normalize(matrix: np.ndarray, weights: np.ndarray, g: int) -> np.ndarray:
+    """TRL 1.16 GRPOTrainer's sum_then_normalize / scale_rewards='group', restated on tensors."""
+    from trl.trainer.utils import nanstd as trl_nanstd
+
+    r = torch.tensor(matrix)
+    rewards = (r * torch.tensor(weights).unsqueeze(0)).nansum(dim=1)
+    mean = torch.nanmean(rewards.view(-1, g), dim=1).repeat_interleave(g)
+    std = trl_nanstd(rewards.view(-1, g), dim=1).repeat_interleave(g)
+    return ((rewards - mean) / (std + 1e-4)).numpy()
+
+
+def test_group_normalisation_matches_trl_formula() -> None:
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(16, 3))
+    weights = np.array([1.0, 0.5, -0.2])
+    ours = group_advantages(weighted_sum(matrix, weights), 4)
+    np.testing.assert_allclose(ours, _trl_sum_then_normalize(matrix, weights, 4), rtol=TRL_RTOL)
+
+
+def test_decoupled_matches_trl_normalize_then_sum() -> None:
+    from trl.trainer.utils import nanstd as trl_nanstd
+
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(12, 2))
+    weights = np.array([0.7, 0.3])
+    r = torch.tensor(matrix).view(-1, 4, 2)
+    reward_k = ((r - r.mean(dim=1, keepdim=True)) / (trl_nanstd(r, dim=1, keepdim=True) + 1e-4)).view(-1, 2)
+    combined = (reward_k * torch.tensor(weights)).nansum(dim=1)
+    expected = (combined - combined.mean()) / (trl_nanstd(combined) + 1e-4)
+    np.testing.assert_allclose(decoupled_advantages(matrix, weights, 4), expected.numpy(), rtol=TRL_RTOL)
+
+
+def test_weighted_sum_skips_nan_and_keeps_all_nan_rows_nan() -> None:
+    matrix = np.array([[1.0, np.nan], [np.nan, np.nan], [2.0, 4.0]])
+    out = weighted_sum(matrix, np.array([1.0, 0.5]))
+    assert out[0] == 1.0 and math.isnan(out[1]) and out[2] == 4.0
+
+
+def test_composer_scores_and_counts_failures() -> None:
+    composer = RewardComposer(
+        [Objective("a", Constant("a", [1.0, float("nan"), None, 2.0])), Objective("flaky", FailsOnOdd())],
+        StaticWeights([1.0, 1.0]),
+    )
+    result = composer.score(["p"] * 4, ["0", "1", "2", "3"])
+    assert result.failures == {"a": 1, "flaky": 2}
+    np.testing.assert_array_equal(np.isnan(result.matrix[:, 0]), [False, True, True, False])
+    np.testing.assert_array_equal(result.matrix[:, 1], [0.0, np.nan, 2.0, np.nan])
+
+
+def test_component_failing_everywhere_stops_with_its_name() -> None:
+    composer = RewardComposer([Objective("flaky", FailsOnOdd())], StaticWeights([1.0]))
+    with pytest.raises(RewardComponentError, match="'flaky' failed on all 2 rows: ValueError: odd"):
+        composer.score(["p", "p"], ["1", "3"])
+
+
+def test_composer_rejects_mismatched_weights() -> None:
+    with pytest.raises(RewardConfigError, match="2 objectives .* but 1 weights"):
+        RewardComposer([Objective("a", Constant("a", [1])), Objective("b", Constant("b", [1]))], StaticWeights([1.0]))
+
+
+def test_compose_and_state_round_trip() -> None:
+    composer = RewardComposer.static([LengthReward(target=2)], [2.0])
+    matrix = composer.score(["p"] * 4, ["a b", "a", "a b c d", "a b"]).matrix
+    composition = composer.compose(matrix, group_size=2)
+    np.testing.assert_allclose(composition.rewards, [2.0, 1.0, 0.0, 2.0])
+    assert composition.advantages[0] > 0 > composition.advantages[1]
+    state = composer.state_dict()
+    composer.load_state_dict(state)
+    with pytest.raises(RewardConfigError):
+        composer.load_state_dict({**state, "objectives": ["other"]})
+
+
+def test_length_rules() -> None:
+    assert target_length_score(30, 30) == 1.0
+    assert target_length_score(15, 30) == 0.5
+    assert target_length_score(90, 30) == 0.0
+    assert band_length_score(5, 10, 20) == 0.5
+    assert band_length_score(15, 10, 20) == 1.0
+    assert band_length_score(30, 10, 20) == 0.5
+    tokens = LengthReward(unit="tokens", mode="count")
+    assert tokens(["p"], ["ignored"], completion_ids=[[1, 2, 3]]) == [3.0]
+    assert LengthReward(unit="chars", mode="count")(["p"], [[{"role": "assistant", "content": "abcd"}]]) == [4.0]
+    with pytest.raises(RewardConfigError, match="lower <= upper"):
+        LengthReward(mode="band", band=[20, 10])
+    with pytest.raises(RewardConfigError, match="target > 0"):
+        LengthReward(mode="target")
