@@ -20,6 +20,7 @@ import torch
 from accelerate.utils import gather
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import RepeatSampler
 
 from alignment.checkpointing import AtomicCheckpointMixin
 from rewards.composer import RewardComposer
@@ -60,6 +61,19 @@ def generate_for_prompts(engine: RolloutEngine, prompts: Sequence[Prompt], param
     else:
         grouped = engine.generate(list(prompts), dataclasses.replace(params, n=1))
     return [sample for group in grouped for sample in group]
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler whose shuffle depends only on (seed, epoch).
+
+    TRL's sampler draws each epoch's permutation from one generator seeded once, so a resumed run (which does
+    not replay earlier epochs) would see a different prompt order than the uninterrupted run. The Trainer calls
+    `set_epoch` at the start of every epoch; reseeding there makes resume exact.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.seed is not None:
+            self.generator.manual_seed(int(self.seed) + int(epoch))
 
 
 class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
@@ -103,6 +117,16 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             "completion_ids": [s.completion_ids for s in samples],
             "logprobs": [s.logprobs for s in samples],
         }
+
+    def _get_train_sampler(self, dataset: Any = None) -> EpochSeededRepeatSampler:
+        return EpochSeededRepeatSampler(
+            data_source=self.train_dataset if dataset is None else dataset,
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            shuffle=self.shuffle_dataset,
+            seed=self.args.seed,
+        )
 
     # -- rewards ---------------------------------------------------------------------------------------------
     def _calculate_rewards(

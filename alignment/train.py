@@ -8,6 +8,7 @@ objective's mean reward, the composite reward, weights, KL, loss, step time), `t
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,28 @@ def _peft_config(recipe: Recipe, model: Any) -> Any:
     )
 
 
+def _distributed_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """Extra TrainingArguments for DeepSpeed on machines without a GPU.
+
+    transformers hands DeepSpeed runs to accelerate without a backend, and on a CPU-only machine accelerate
+    then counts one process although DeepSpeed has started several (so batch sizes and gathers would be
+    wrong). Setting up accelerate's state first with the gloo backend, and telling TrainingArguments to use
+    it, gives every process the right world size.
+    """
+    import torch
+
+    if recipe.train.deepspeed is None or torch.cuda.is_available():
+        return {}
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return {"accelerator_config": {"use_configured_state": True}}
+
+
 def _grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
     from trl import GRPOConfig
 
@@ -183,6 +206,7 @@ def _grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
         dataloader_num_workers=0,
         log_completions=False,
         disable_tqdm=False,
+        **_distributed_kwargs(recipe),
     )
 
 
@@ -212,6 +236,7 @@ def _metrics_callback(writer: MetricsWriter, composer: RewardComposer) -> Any:
             record["weights"] = {name: logs.get(f"weights/{name}") for name in composer.names}
             record["composite_reward"] = logs.get("reward/composite")
             record["step_time"] = self._step_seconds
+            record.setdefault("kl", None)  # TRL computes KL to the reference only when beta > 0
             writer.write(record)
 
     return MetricsJSONLCallback()
@@ -277,7 +302,6 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
     trainer.accelerator.wait_for_everyone()
     final = latest_checkpoint(run_dir)
     if rank == 0:
-        staging = run_dir / STAGING_DIR
-        if staging.is_dir() and not any(staging.iterdir()):
-            staging.rmdir()
+        # Only TRL's model card (README.md) is left in the staging folder once every checkpoint is in place.
+        shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)
     return RunResult(run_dir=run_dir, final_checkpoint=final, steps=int(trainer.state.global_step))
