@@ -22,10 +22,16 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run a training recipe (YAML)")
     train.add_argument("recipe", help="path to a YAML recipe, e.g. configs/quickstart.yaml")
     train.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a recipe field, e.g. --set train.max_steps=10 (repeatable)",
     )
-    train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest checkpoint")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in output_dir from its newest checkpoint"
+    )
     train.add_argument("--output-dir", default=None, help="run folder (overrides the recipe's output_dir)")
     train.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser

@@ -169,9 +169,7 @@ class TrainConfig:
     logging_steps: int = 1
     save_steps: int = 20
     save_total_limit: int | None = 2
-    report_to: list[Literal["tensorboard", "wandb", "trackio", "none"]] = field(
-        default_factory=lambda: ["tensorboard"]
-    )
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "none"]] = field(default_factory=lambda: ["tensorboard"])
     deepspeed: str | None = None
     gradient_checkpointing: bool = False
     torch_threads: int | None = None

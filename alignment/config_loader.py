@@ -45,7 +45,9 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
                 return _convert(arg, value, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {_describe(value)} matches none of the allowed types")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: {_describe(value)} matches none of the allowed types"
+        )
     if origin is Literal:
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)
@@ -112,9 +114,7 @@ def load_dataclass(cls: type[T], data: Any, where: str) -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown field; allowed fields here: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field; allowed fields here: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, field in fields.items():
         path = f"{where}.{name}" if where else name

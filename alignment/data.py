@@ -68,7 +68,9 @@ def check_prompt(value: Any, where: str) -> None:
             if not isinstance(message["content"], str | list):
                 raise DataError(f"{where}: message {i} content must be a string or a list of parts")
         return
-    raise DataError(f"{where}: the prompt must be a non-empty string or list of chat messages, got {type(value).__name__}")
+    raise DataError(
+        f"{where}: the prompt must be a non-empty string or list of chat messages, got {type(value).__name__}"
+    )
 
 
 def load_prompts(path: str | Path, prompt_column: str = "prompt", max_rows: int | None = None) -> Dataset:

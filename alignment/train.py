@@ -249,7 +249,9 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
     rank, world_size = world_info()
     run_dir = resolve_run_dir(recipe)
     # Everything that can be checked is checked before anything is written.
-    resume_from = prepare_run_dir(run_dir, recipe, resume) if rank == 0 else (latest_checkpoint(run_dir) if resume else None)
+    resume_from = (
+        prepare_run_dir(run_dir, recipe, resume) if rank == 0 else (latest_checkpoint(run_dir) if resume else None)
+    )
     dataset = load_prompts(recipe.data.train, recipe.data.prompt_column, recipe.data.max_rows)
     composer = build_composer(recipe)
     if recipe.train.torch_threads:

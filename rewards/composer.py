@@ -131,7 +131,11 @@ class RewardComposer:
                 for i in range(n):
                     row_columns = {key: [col[i]] for key, col in columns.items()}
                     try:
-                        values.append(_to_float(_call_component(objective.component, [prompts[i]], [completions[i]], row_columns)[0]))
+                        values.append(
+                            _to_float(
+                                _call_component(objective.component, [prompts[i]], [completions[i]], row_columns)[0]
+                            )
+                        )
                     except Exception as row_error:  # noqa: BLE001
                         values.append(math.nan)
                         failed += 1

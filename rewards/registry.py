@@ -58,7 +58,9 @@ class FunctionComponent:
         self.function = function
         self.kwargs = kwargs
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]) -> list[float | None]:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]
+    ) -> list[float | None]:
         return list(self.function(prompts=prompts, completions=completions, **columns, **self.kwargs))
 
 

@@ -39,14 +39,25 @@ rewards:
   objectives:
     - {{name: length, component: length, args: {{unit: words, mode: target, target: 4}}}}
 train: {{max_steps: 3, prompts_per_step: 2, num_generations: 4, save_steps: 2, beta: 0.04,
-         deepspeed: {REPO / 'configs' / 'zero2.json'}, report_to: [none], torch_threads: 1}}
+         deepspeed: {REPO / "configs" / "zero2.json"}, report_to: [none], torch_threads: 1}}
 """
     )
     run = tmp_path / "run"
     deepspeed = Path(sys.executable).with_name("deepspeed")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "alignment.cli",
-           "train", str(recipe), "--output-dir", str(run)]
+    cmd = [
+        str(deepspeed),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "alignment.cli",
+        "train",
+        str(recipe),
+        "--output-dir",
+        str(run),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
