@@ -34,7 +34,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--output-dir", default=None, help="run folder (overrides the recipe's output_dir)")
     train.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    evalrm = sub.add_parser("eval-rm", help="evaluate a reward on preference pairs (pairwise accuracy, length bias)")
+    evalrm.add_argument("--reward", required=True, help="component name, module:function, reward-model folder or YAML")
+    evalrm.add_argument("--data", required=True, help="TRL preference rows: prompt, chosen, rejected (JSONL/JSON/...)")
+    evalrm.add_argument("--out", required=True, help="where to write the JSON report")
     return parser
+
+
+def _eval_rm(args: argparse.Namespace) -> int:
+    from alignment.eval_rm import format_table, run_eval_rm
+
+    report = run_eval_rm(args.reward, args.data, args.out)
+    print(format_table(report))
+    print(f"report: {args.out}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -57,10 +70,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `align` console script; returns the process exit code."""
+    # Nothing is fetched from a model hub at run time; TRL's rollout hook is used on purpose.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "eval-rm":
+            return _eval_rm(args)
     except (UserInputError, RewardConfigError, RewardComponentError) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2

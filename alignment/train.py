@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from alignment.checkpointing import STAGING_DIR, checkpoint_step, latest_checkpoint
-from alignment.config import Recipe
+from alignment.config import Recipe, RewardsConfig
 from alignment.errors import ConfigError
 from alignment.io import MetricsWriter, atomic_write_text
 from rewards.composer import Objective, RewardComposer
@@ -45,17 +45,22 @@ def world_info() -> tuple[int, int]:
 
 def build_composer(recipe: Recipe) -> RewardComposer:
     """The recipe's reward composer; bad component names or arguments raise ConfigError."""
+    return build_composer_from(recipe.rewards)
+
+
+def build_composer_from(rewards: RewardsConfig) -> RewardComposer:
+    """A composer from a recipe's `rewards` section; bad names, arguments or weights raise ConfigError."""
     objectives = []
-    for i, objective in enumerate(recipe.rewards.objectives):
+    for i, objective in enumerate(rewards.objectives):
         where = f"rewards.objectives[{i}] ({objective.name})"
         try:
             component = build_component(objective.name, objective.component, objective.args, where)
         except RewardConfigError as err:
             raise ConfigError(str(err)) from None
         objectives.append(Objective(objective.name, component))
-    weights = [o.weight for o in recipe.rewards.objectives]
+    weights = [o.weight for o in rewards.objectives]
     try:
-        return RewardComposer(objectives, StaticWeights(weights), recipe.rewards.normalization)
+        return RewardComposer(objectives, StaticWeights(weights), rewards.normalization)
     except RewardConfigError as err:
         raise ConfigError(f"rewards: {err}") from None
 

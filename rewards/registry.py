@@ -32,10 +32,25 @@ def _r3(kind: str) -> Callable[..., RewardComponent]:
     return build
 
 
-def _length(**kwargs: Any) -> RewardComponent:
-    from rewards.rules import LengthReward
+def _rule(kind: str) -> Callable[..., RewardComponent]:
+    def build(**kwargs: Any) -> RewardComponent:
+        from rewards import rules
 
-    return LengthReward(**kwargs)
+        classes = {
+            "length": rules.LengthReward,
+            "format": rules.FormatReward,
+            "exact_match": rules.ExactMatchReward,
+            "repetition": rules.RepetitionReward,
+        }
+        return classes[kind](**kwargs)
+
+    return build
+
+
+def _reward_model(**kwargs: Any) -> RewardComponent:
+    from rewards.reward_model import RewardModelComponent
+
+    return RewardModelComponent(**kwargs)
 
 
 COMPONENTS: dict[str, Callable[..., RewardComponent]] = {
@@ -44,7 +59,11 @@ COMPONENTS: dict[str, Callable[..., RewardComponent]] = {
     "r3.rar": _r3("r3.rar"),
     "r3.li": _r3("r3.li"),
     "r3.rp": _r3("r3.rp"),
-    "length": _length,
+    "length": _rule("length"),
+    "format": _rule("format"),
+    "exact_match": _rule("exact_match"),
+    "repetition": _rule("repetition"),
+    "reward_model": _reward_model,
 }
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

@@ -58,3 +58,25 @@ def build_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
     )
     model.save_pretrained(str(path))
     return path
+
+
+def build_tiny_reward_model(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer Qwen2 sequence classifier (1 label) with its tokenizer, saved to `path`."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(path)
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    Qwen2ForSequenceClassification(config).save_pretrained(str(path))
+    return path
