@@ -123,6 +123,8 @@ class ObjectiveConfig:
     component: str
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
+    # Length-conditional mask (BalCapRL): {unit, reference | target, tau_l, tau_u, outside: zero|nan, missing}
+    length_condition: dict[str, Any] | None = None
 
     def validate(self, where: str) -> None:
         _check(bool(self.name), f"{where}.name", "must be a non-empty name")
@@ -130,9 +132,18 @@ class ObjectiveConfig:
 
 @dataclass
 class WeightingConfig:
-    """How the objectives' weights are chosen each step (static in the skeleton)."""
+    """How the objectives' weights move during training (see rewards/weighting.py for each strategy).
 
-    strategy: Literal["static"] = "static"
+    static: the objectives' weights. hypervolume (Lu et al., 2025): the weights plus a meta-factor from the
+    Pareto buffer's hypervolume gain; options scales, reference, buffer_size, placement (advantages|rewards),
+    maximize, source. gradient (Lu et al., 2025): mirror descent on gradient influence; options eta,
+    update_interval, clip_norm. lagrangian (Moskovitz et al., 2024): constraints [{objective, threshold,
+    direction: lower|upper|equal}], base, form (moskovitz|unsquashed|safe_rlhf), lr, momentum, init,
+    max_grad_norm, lambda_max.
+    """
+
+    strategy: Literal["static", "hypervolume", "gradient", "lagrangian"] = "static"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +159,12 @@ class RewardsConfig:
         names = [o.name for o in self.objectives]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         _check(not duplicates, f"{where}.objectives", f"objective names must be unique; repeated: {duplicates}")
+        if self.weighting.strategy == "gradient":
+            _check(
+                len(self.objectives) >= 2,
+                f"{where}.weighting.strategy",
+                "gradient weighting needs at least two objectives",
+            )
 
 
 @dataclass

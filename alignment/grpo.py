@@ -94,6 +94,7 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         self.keep_checkpoints = keep_checkpoints
         self._reward_matrix: torch.Tensor | None = None
         self._reward_failures: dict[str, int] = {}
+        self._reward_masked: dict[str, int] = {}
         reward_funcs = [ObjectiveRewardFunction(composer, k) for k in range(len(composer.objectives))]
         super().__init__(reward_funcs=reward_funcs, rollout_func=self._rollout, **kwargs)
 
@@ -141,6 +142,10 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         failures = torch.tensor([result.failures[n] for n in self.composer.names], dtype=torch.float32, device=device)
         total_failures = gather(failures.unsqueeze(0)).sum(dim=0)
         self._reward_failures = dict(zip(self.composer.names, total_failures.tolist()))
+        masked = torch.tensor(
+            [result.masked.get(n, 0) for n in self.composer.names], dtype=torch.float32, device=device
+        )
+        self._reward_masked = dict(zip(self.composer.names, gather(masked.unsqueeze(0)).sum(dim=0).tolist()))
         self._reward_matrix = gather(local)
         return self._reward_matrix
 
@@ -163,9 +168,48 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         for name, weight in zip(self.composer.names, composition.weights):
             metrics[f"weights/{name}"].append(float(weight))
             metrics[f"rewards/{name}/failures"].append(float(self._reward_failures.get(name, 0)))
+            metrics[f"rewards/{name}/masked"].append(float(self._reward_masked.get(name, 0)))
+        for key, value in composition.metrics.items():
+            metrics[f"weighting/{key}"].append(float(value))
         if mode == "train":
-            self.composer.update(matrix, step=int(self.state.global_step))
+            step = int(self.state.global_step)
+            context: dict[str, Any] = {"step": step}
+            if self.composer.wants_gradients(step):
+                context["gradients"] = self._objective_gradients(output, matrix, group_size, local)
+            self.composer.update(matrix, **context)
         return output
+
+    def _objective_gradients(
+        self, inputs: dict[str, Any], matrix: np.ndarray, group_size: int, local: slice
+    ) -> np.ndarray:
+        """Per-objective policy-gradient vectors g[K, P] over the trainable parameters (LoRA adapters with PEFT).
+
+        For gradient-based weighting (Lu et al., arXiv 2509.11452, SPECS 2b): objective k's advantages come
+        from r_k alone (group-normalised), the GRPO loss on this batch is differentiated with those advantages,
+        and the gradients are averaged over processes. Costs K extra backward passes, hence the strategy's
+        update interval. TRL's per-call loss metrics are rolled back so that logs count each step once.
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        per_objective = self.composer.objective_advantages(matrix, group_size)[local]
+        mode_metrics = self._metrics["train"]
+        lengths = {key: len(values) for key, values in mode_metrics.items()}
+        vectors = []
+        try:
+            for k in range(per_objective.shape[1]):
+                advantages = torch.as_tensor(per_objective[:, k], dtype=inputs["advantages"].dtype)
+                loss = self._compute_loss(self.model, {**inputs, "advantages": advantages.to(self.accelerator.device)})
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                flat = torch.cat(
+                    [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+                )
+                vectors.append(self.accelerator.reduce(flat.detach().float(), reduction="mean"))
+        finally:
+            for key in list(mode_metrics):
+                if key in lengths:
+                    del mode_metrics[key][lengths[key] :]
+                else:
+                    del mode_metrics[key]
+        return torch.stack(vectors).cpu().numpy().astype(np.float64)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def extra_checkpoint_state(self) -> dict[str, Any]:

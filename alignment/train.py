@@ -22,8 +22,9 @@ from alignment.errors import ConfigError
 from alignment.io import MetricsWriter, atomic_write_text
 from rewards.composer import Objective, RewardComposer
 from rewards.errors import RewardConfigError
+from rewards.masking import LengthCondition
 from rewards.registry import build_component
-from rewards.weighting import StaticWeights
+from rewards.weighting import build_weighting
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -49,20 +50,29 @@ def build_composer(recipe: Recipe) -> RewardComposer:
 
 
 def build_composer_from(rewards: RewardsConfig) -> RewardComposer:
-    """A composer from a recipe's `rewards` section; bad names, arguments or weights raise ConfigError."""
-    objectives = []
+    """A composer from a recipe's `rewards` section; bad names, arguments, masks or weighting options raise
+    ConfigError naming the field."""
+    objectives, masks = [], {}
     for i, objective in enumerate(rewards.objectives):
         where = f"rewards.objectives[{i}] ({objective.name})"
         try:
             component = build_component(objective.name, objective.component, objective.args, where)
+            if objective.length_condition is not None:
+                masks[objective.name] = LengthCondition.from_dict(objective.length_condition)
         except RewardConfigError as err:
-            raise ConfigError(str(err)) from None
+            message = str(err)
+            raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+        except TypeError as err:
+            raise ConfigError(f"{where}.length_condition: {err}") from None
         objectives.append(Objective(objective.name, component))
-    weights = [o.weight for o in rewards.objectives]
+    names = [o.name for o in rewards.objectives]
+    options = dict(rewards.weighting.options)
+    options.setdefault("weights", [o.weight for o in rewards.objectives])
     try:
-        return RewardComposer(objectives, StaticWeights(weights), rewards.normalization)
+        weighting = build_weighting(rewards.weighting.strategy, len(names), names, **options)
+        return RewardComposer(objectives, weighting, rewards.normalization, masks=masks or None)
     except RewardConfigError as err:
-        raise ConfigError(f"rewards: {err}") from None
+        raise ConfigError(f"rewards.{err}" if str(err).startswith("weighting") else f"rewards: {err}") from None
 
 
 def resolve_run_dir(recipe: Recipe) -> Path:
@@ -167,6 +177,17 @@ def _distributed_kwargs(recipe: Recipe) -> dict[str, Any]:
     return {"accelerator_config": {"use_configured_state": True}}
 
 
+def _zero_stage(path: str) -> int:
+    """The ZeRO stage of a DeepSpeed JSON config (0 when absent); ConfigError when the file is not JSON."""
+    import json
+
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"train.deepspeed: {path!r} is not a readable JSON file ({err})") from None
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
 def _grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
     from trl import GRPOConfig
 
@@ -178,6 +199,13 @@ def _grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
             f"over {world_size} processes x {t.gradient_accumulation_steps} accumulation steps"
         )
     report_to = [r for r in t.report_to if r != "none"] or "none"
+    if recipe.rewards.weighting.strategy == "gradient" and t.deepspeed is not None:
+        stage = _zero_stage(t.deepspeed)
+        if stage == 3:
+            raise ConfigError(
+                "rewards.weighting.strategy: gradient weighting needs full per-objective gradients, which ZeRO-3's "
+                "partitioned parameters do not give; use configs/zero2.json"
+            )
     return GRPOConfig(
         output_dir=str(run_dir),
         seed=recipe.seed,

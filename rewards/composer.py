@@ -2,16 +2,24 @@
 
 Scoring (`score`) calls every component on a batch, turning a raised exception on a row, or a NaN/inf value,
 into NaN (not applicable) for that row and objective and counting it; a component that fails on every row
-stops with `RewardComponentError`. Composition (`compose`) weights the matrix with the current weights of the
-weighting strategy and normalises it into advantages; `update` hands the step's matrix to the strategy so it
-can move the weights for the next step.
+stops with `RewardComponentError`. Objectives with a length condition (`masks`, BalCapRL arXiv 2605.07394,
+see `rewards.masking`) are then masked, so logs and every later step see the masked values; masked rows are
+counted per objective. Composition (`compose`) weights the matrix with the current weights of the weighting
+strategy and normalises it into advantages, applying the strategy's optional hooks (reward / advantage
+scale, or its own `combine`; see `rewards.weighting`); `update` hands the step's matrix (and context such as
+gradients or an evaluation point) to the strategy so it can set the next step's state.
+
+Learner's order per step: `score` (per process) -> gather R[N, K] -> `compose(R, G)` -> `update(R, step=...)`
+(after `compose`; before or after the optimiser step is the same). If `wants_gradients(step)` is true, the
+learner computes the per-objective policy gradients from `objective_advantages(R, G)` and passes them to
+`update` as `gradients=` [K, P] or `gram=` [K, K].
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +27,8 @@ import numpy as np
 
 from rewards.base import RewardComponent
 from rewards.errors import RewardComponentError, RewardConfigError
-from rewards.normalization import decoupled_advantages, group_advantages, weighted_sum
+from rewards.masking import LengthCondition, apply_length_masks
+from rewards.normalization import decoupled_advantages, group_advantages, objective_advantages, weighted_sum
 from rewards.weighting import StaticWeights, WeightingStrategy
 
 Normalization = Literal["group", "batch", "none", "decoupled"]
@@ -35,20 +44,27 @@ class Objective:
 
 @dataclass
 class ScoreResult:
-    """Per-objective scores of a batch: matrix R[N, K] (NaN = not applicable) and failure counts per objective."""
+    """Per-objective scores of a batch: matrix R[N, K] (NaN = not applicable, masks applied), failure counts,
+    seconds spent per objective, and per objective the number of rows its length condition replaced."""
 
     matrix: np.ndarray
     failures: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    masked: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class Composition:
-    """What a learner consumes for one step: composite rewards [N], advantages [N], the weights used [K]."""
+    """What a learner consumes for one step: composite rewards [N], advantages [N], the weights used [K].
+
+    `rewards` are what was normalised (including a strategy's reward scale); `metrics` are the strategy's extra
+    scalars to log (meta factor, multipliers, ...), plus "reward_scale"/"advantage_scale" when not 1.
+    """
 
     rewards: np.ndarray
     advantages: np.ndarray
     weights: np.ndarray
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _call_component(
@@ -60,6 +76,34 @@ def _call_component(
     if len(values) != len(completions):
         raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
     return list(values)
+
+
+def _hook(strategy: Any, name: str, default: Callable[..., Any]) -> Callable[..., Any]:
+    """The strategy's optional hook `name` (see rewards.weighting), or `default` when it has none."""
+    hook = getattr(strategy, name, None)
+    return hook if callable(hook) else default
+
+
+def _convert(raw: list[Any]) -> tuple[np.ndarray, int]:
+    """Values [N] float64 with None/NaN/inf as NaN, and the failure count (NaN/inf that were not None).
+
+    Vectorised for the common case (numbers and None); anything NumPy cannot convert goes value by value,
+    raising as `float()` does.
+    """
+    try:
+        values = np.asarray(raw, dtype=np.float64)  # None becomes NaN
+        if values.shape != (len(raw),):
+            raise ValueError(f"expected {len(raw)} scalars, got shape {values.shape}")
+    except (TypeError, ValueError):
+        values = np.array([_to_float(v) for v in raw], dtype=np.float64)
+        return values, sum(1 for v in raw if v is not None and not math.isfinite(float(v)))
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return values, 0
+    nones = sum(1 for v in raw if v is None)
+    values = values.copy()
+    values[bad] = math.nan
+    return values, int(bad.sum()) - nones
 
 
 def _to_float(value: Any) -> float:
@@ -77,6 +121,7 @@ class RewardComposer:
         objectives: Sequence[Objective],
         weighting: WeightingStrategy,
         normalization: Normalization = "group",
+        masks: Mapping[str, LengthCondition] | None = None,
     ) -> None:
         if not objectives:
             raise RewardConfigError("a composer needs at least one objective")
@@ -91,17 +136,28 @@ class RewardComposer:
             raise RewardConfigError(
                 f"{len(objectives)} objectives ({', '.join(names)}) but {weighting.weights().size} weights"
             )
+        masks = dict(masks or {})
+        for name, condition in masks.items():
+            if name not in names:
+                raise RewardConfigError(f"masks: {name!r} is not an objective; objectives are {', '.join(names)}")
+            if not isinstance(condition, LengthCondition):
+                raise RewardConfigError(f"masks.{name}: expected a LengthCondition, got {type(condition).__name__}")
         self.objectives = list(objectives)
         self.weighting = weighting
         self.normalization: Normalization = normalization
+        self.masks: dict[str, LengthCondition] = masks
 
     @classmethod
     def static(
-        cls, components: Sequence[RewardComponent], weights: Sequence[float], normalization: Normalization = "group"
+        cls,
+        components: Sequence[RewardComponent],
+        weights: Sequence[float],
+        normalization: Normalization = "group",
+        masks: Mapping[str, LengthCondition] | None = None,
     ) -> RewardComposer:
         """A composer with fixed weights; objectives are named after their components."""
         objectives = [Objective(c.name, c) for c in components]
-        return cls(objectives, StaticWeights(weights), normalization)
+        return cls(objectives, StaticWeights(weights), normalization, masks)
 
     @property
     def names(self) -> list[str]:
@@ -112,7 +168,7 @@ class RewardComposer:
 
         A component that raises on the batch is retried row by row; rows that still raise become NaN and are
         counted in `failures`, as are NaN/inf values. If every row fails, RewardComponentError names the
-        objective and the first error.
+        objective and the first error. Length conditions are applied last (`apply_masks`).
         """
         n = len(completions)
         if len(prompts) != n:
@@ -124,8 +180,7 @@ class RewardComposer:
             start = time.perf_counter()
             try:
                 raw = _call_component(objective.component, prompts, completions, columns)
-                values = [_to_float(v) for v in raw]
-                failed = sum(1 for v in raw if v is not None and not math.isfinite(float(v)))
+                values, failed = _convert(raw)
             except Exception as batch_error:  # noqa: BLE001 - any component error becomes per-row NaN
                 values, failed, first_error = [], 0, batch_error
                 for i in range(n):
@@ -148,22 +203,70 @@ class RewardComposer:
             matrix[:, k] = values
             failures[objective.name] = failed
             seconds[objective.name] = time.perf_counter() - start
-        return ScoreResult(matrix=matrix, failures=failures, seconds=seconds)
+        matrix, masked = self.apply_masks(matrix, completions, columns)
+        return ScoreResult(matrix=matrix, failures=failures, seconds=seconds, masked=masked)
+
+    def apply_masks(
+        self, matrix: np.ndarray, completions: Sequence[Any], columns: Mapping[str, Sequence[Any]]
+    ) -> tuple[np.ndarray, dict[str, int]]:
+        """R[N, K] with each objective's length condition applied (a copy), and the masked-row count per objective.
+
+        Rows outside the band get 0 or NaN (the condition's `outside`); rows already NaN are left alone and
+        not counted. A condition that cannot be evaluated (missing column) raises RewardConfigError naming it.
+        """
+        if not self.masks:
+            return matrix, {name: 0 for name in self.names}
+        return apply_length_masks(matrix, self.names, self.masks, completions, columns)
 
     def compose(self, matrix: np.ndarray, group_size: int) -> Composition:
-        """Composite rewards and advantages from R[N, K] with the current weights; rows grouped by prompt."""
+        """Composite rewards and advantages from R[N, K] with the current state; rows grouped by prompt.
+
+        If the strategy has a `combine` hook that returns (rewards, advantages), those are used. Otherwise
+        c = reward_scale * sum_k w_k R_k is normalised (decoupled: per objective, with weights reward_scale * w)
+        and the advantages are multiplied by advantage_scale. Both scales default to 1.
+        """
         if matrix.ndim != 2 or matrix.shape[1] != len(self.objectives):
             raise ValueError(f"expected a reward matrix [N, {len(self.objectives)}], got shape {matrix.shape}")
         weights = self.weighting.weights()
-        rewards = weighted_sum(matrix, weights)
+        metrics = dict(_hook(self.weighting, "metrics", dict)())
+        combine = getattr(self.weighting, "combine", None)
+        combined = combine(matrix, group_size, self.normalization) if combine is not None else None
+        if combined is not None:
+            rewards, advantages = combined
+            return Composition(rewards=rewards, advantages=advantages, weights=weights, metrics=metrics)
+        reward_scale = float(_hook(self.weighting, "reward_scale", lambda: 1.0)())
+        advantage_scale = float(_hook(self.weighting, "advantage_scale", lambda: 1.0)())
+        scaled = weights * reward_scale
+        rewards = weighted_sum(matrix, scaled)
         if self.normalization == "decoupled":
-            advantages = decoupled_advantages(matrix, weights, group_size)
+            advantages = decoupled_advantages(matrix, scaled, group_size)
         else:
             advantages = group_advantages(rewards, group_size, scale=self.normalization)
-        return Composition(rewards=rewards, advantages=advantages, weights=weights)
+        if advantage_scale != 1.0:
+            advantages = advantages * advantage_scale
+            metrics["advantage_scale"] = advantage_scale
+        if reward_scale != 1.0:
+            metrics["reward_scale"] = reward_scale
+        return Composition(rewards=rewards, advantages=advantages, weights=weights, metrics=metrics)
+
+    def objective_advantages(self, matrix: np.ndarray, group_size: int) -> np.ndarray:
+        """Per-objective advantages A[N, K], each objective normalised alone with this composer's normalisation.
+
+        What the gradient-based weighting's per-objective gradients g_k are computed from (Lu et al., arXiv
+        2509.11452); "decoupled" gives the per-objective group z-scores.
+        """
+        return objective_advantages(matrix, group_size, self.normalization)
+
+    def wants_gradients(self, step: int) -> bool:
+        """Whether the strategy wants per-objective gradients passed to `update` at this step (default no)."""
+        return bool(_hook(self.weighting, "wants_gradients", lambda step: False)(step))
 
     def update(self, matrix: np.ndarray, **context: Any) -> None:
-        """Let the weighting strategy see this step's R[N, K] and set the weights for the next step."""
+        """Let the weighting strategy see this step's R[N, K] and set its state for the next step.
+
+        Context: `step` (always, from the learner), and per strategy `eval_point` [K] (hypervolume),
+        `gradients` [K, P] or `gram` [K, K] and optionally `eta` (gradient).
+        """
         self.weighting.update(matrix, **context)
 
     def state_dict(self) -> dict[str, Any]:

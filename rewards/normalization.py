@@ -81,3 +81,27 @@ def decoupled_advantages(matrix: np.ndarray, weights: np.ndarray, group_size: in
     std = nanstd(combined)
     advantages = (combined - _nanmean(combined)) / ((0.0 if np.isnan(std) else std) + eps)
     return np.nan_to_num(advantages, nan=0.0)
+
+
+def objective_advantages(matrix: np.ndarray, group_size: int, scale: str = "group", eps: float = EPS) -> np.ndarray:
+    """Per-objective GRPO advantages: each column of R[N, K] normalised alone -> A[N, K].
+
+    Column k equals ``group_advantages(matrix[:, k], group_size, scale)`` ("group", "batch" or "none"); with
+    scale "decoupled" each column is z-scored within its group as GDPO does before summing (same as "group").
+    These are the A_k of the Lagrangian mix (Moskovitz et al., 2024) and of the gradient-based weighting's
+    per-objective gradients (Lu et al., arXiv 2509.11452). NaN entries get advantage 0.
+    """
+    if matrix.ndim != 2:
+        raise ValueError(f"expected a reward matrix [N, K], got shape {matrix.shape}")
+    grouped = _grouped(matrix, group_size)
+    centred = grouped - _nanmean(grouped, axis=1, keepdims=True)
+    if scale in ("group", "decoupled"):
+        std = nanstd(grouped, axis=1, keepdims=True)
+        std = np.where(np.isnan(std), 0.0, std)
+        centred = centred / (std + eps)
+    elif scale == "batch":
+        std = nanstd(matrix, axis=0)
+        centred = centred / (np.where(np.isnan(std), 0.0, std) + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown scale {scale!r}; choose group, batch, none or decoupled")
+    return np.nan_to_num(centred.reshape(matrix.shape), nan=0.0)

@@ -142,3 +142,55 @@ def test_length_rules() -> None:
         LengthReward(mode="band", band=[20, 10])
     with pytest.raises(RewardConfigError, match="target > 0"):
         LengthReward(mode="target")
+
+
+class Returns:
+    def __init__(self, name: str, values) -> None:
+        self.name, self.values = name, values
+
+    def __call__(self, prompts, completions, **columns):
+        return self.values
+
+
+def test_score_conversion_counts_nan_and_inf_but_not_none() -> None:
+    composer = RewardComposer(
+        [
+            Objective("array", Returns("array", np.array([1.0, np.inf, np.nan]))),
+            Objective("mixed", Returns("mixed", ["1.5", None, True])),
+        ],
+        StaticWeights([1.0, 1.0]),
+    )
+    result = composer.score(["p"] * 3, ["a", "b", "c"])
+    assert result.failures == {"array": 2, "mixed": 0}
+    np.testing.assert_array_equal(result.matrix[:, 0], [1.0, np.nan, np.nan])
+    np.testing.assert_array_equal(result.matrix[:, 1], [1.5, np.nan, 1.0])
+
+
+class HookedWeights(StaticWeights):
+    """Static weights with every optional hook: scales and metrics; `combine` declines (returns None)."""
+
+    def reward_scale(self) -> float:
+        return 3.0
+
+    def advantage_scale(self) -> float:
+        return 0.5
+
+    def combine(self, matrix, group_size, normalization):
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        return {"custom": 1.0}
+
+
+def test_compose_applies_optional_hooks() -> None:
+    matrix = np.array([[1.0, 0.0], [3.0, 1.0], [0.0, 2.0], [5.0, 2.0]])
+    plain = RewardComposer.static([Returns("a", []), Returns("b", [])], [1.0, 2.0], normalization="none")
+    hooked = RewardComposer(
+        [Objective("a", Returns("a", [])), Objective("b", Returns("b", []))], HookedWeights([1, 2]), "none"
+    )
+    expected, got = plain.compose(matrix, 2), hooked.compose(matrix, 2)
+    np.testing.assert_allclose(got.rewards, 3.0 * expected.rewards)
+    np.testing.assert_allclose(got.advantages, 1.5 * expected.advantages)  # centring only: 3 * 0.5
+    assert got.metrics == {"custom": 1.0, "reward_scale": 3.0, "advantage_scale": 0.5}
+    assert plain.compose(matrix, 2).metrics == {}
+    np.testing.assert_allclose(plain.objective_advantages(matrix, 2), [[-1, -0.5], [1, 0.5], [-2.5, 0], [2.5, 0]])
