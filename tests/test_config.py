@@ -25,13 +25,13 @@ def test_quickstart_recipe_loads_and_resolves_builtins() -> None:
     assert Path(recipe.model.path).is_dir()
     assert Path(recipe.data.train).is_file()
     assert [o.name for o in recipe.rewards.objectives] == ["relevance", "length"]
-    assert recipe.train.learning_rate == pytest.approx(5e-4)
+    assert recipe.train.learning_rate == pytest.approx(2e-3)
 
 
 def test_overrides_reach_nested_fields_and_list_items() -> None:
     recipe = load_recipe(
         REPO / "configs" / "quickstart.yaml",
-        ["train.max_steps=7", "rewards.objectives.1.weight=0.25", "rollout.stop=['\\n\\n']"],
+        ["train.max_steps=7", "rewards.objectives.1.weight=0.25", "rollout.stop=[\"\\n\\n\"]"],
     )
     assert recipe.train.max_steps == 7
     assert recipe.rewards.objectives[1].weight == 0.25

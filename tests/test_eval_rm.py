@@ -121,3 +121,17 @@ def test_command_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["eval-rm", "--reward", "length", "--data", str(data), "--out", str(out)]) == 2
     assert "mode 'target' needs a target > 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_int8_retriever_keeps_fp32_pairwise_accuracy_on_bundled_pairs(tmp_path: Path) -> None:
+    """Issue requirement: the int8 backend's held-out pairwise accuracy equals the fp32 one."""
+    from alignment.config import ASSETS_DIR
+
+    pairs = load_preference_pairs(ASSETS_DIR / "preference_pairs.jsonl")
+    accuracy = {}
+    for backend in ("fp32", "int8"):
+        spec = tmp_path / f"{backend}.yaml"
+        spec.write_text(f"objectives: [{{name: qr, component: r3.qr, args: {{backend: {backend}}}}}]\n")
+        accuracy[backend] = evaluate_pairs(composer_from_spec(str(spec)), [dict(p) for p in pairs])["accuracy"]
+    assert accuracy["int8"] == accuracy["fp32"]
