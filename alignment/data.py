@@ -53,6 +53,17 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     raise DataError(f"{path}: unsupported dataset format {suffix!r}; use .jsonl, .json, .parquet or a datasets dir")
 
 
+def read_dataset_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Every row of a local dataset file or `datasets` folder; DataError if it is missing or has no rows."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: dataset file does not exist")
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path}: the dataset has no rows")
+    return rows
+
+
 def check_prompt(value: Any, where: str) -> None:
     """A TRL prompt: a non-empty string, or a non-empty list of {'role', 'content'} messages."""
     if isinstance(value, str):
@@ -80,11 +91,7 @@ def load_prompts(path: str | Path, prompt_column: str = "prompt", max_rows: int 
     the reward components as keyword arguments). Raises DataError naming the file and row.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: dataset file does not exist")
-    rows = _read_rows(path)
-    if not rows:
-        raise DataError(f"{path}: the dataset has no rows")
+    rows = read_dataset_rows(path)
     if max_rows is not None:
         rows = rows[:max_rows]
     for number, row in enumerate(rows, start=1):

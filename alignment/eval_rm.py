@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from alignment.data import _read_rows, check_prompt
+from alignment.data import check_prompt, read_dataset_rows
 from alignment.errors import ConfigError, DataError
 from rewards.composer import Objective, RewardComposer
 from rewards.errors import RewardConfigError
@@ -40,11 +40,7 @@ def load_preference_pairs(path: str | Path) -> list[dict[str, Any]]:
     """TRL preference rows (`prompt`, `chosen`, `rejected`; standard or conversational, explicit or implicit
     prompt) from a local file. Returns rows with all three keys; raises DataError naming the file and row."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: dataset file does not exist")
-    rows = _read_rows(path)
-    if not rows:
-        raise DataError(f"{path}: the dataset has no rows")
+    rows = read_dataset_rows(path)
     pairs = []
     for number, row in enumerate(rows, start=1):
         where = f"{path}: row {number}"

@@ -31,15 +31,11 @@ def build_tokenizer(path: Path, vocab_size: int = 300):
     return fast
 
 
-def build_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
-    """A random 2-layer Qwen2 causal LM (~100k parameters) with its tokenizer, saved to `path`."""
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+def tiny_qwen2_config(tokenizer, **overrides):
+    """A 2-layer, 32-wide Qwen2 config sized to `tokenizer` (shared by the tiny policy and reward model)."""
+    from transformers import Qwen2Config
 
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(path)
-    torch.manual_seed(seed)
-    config = Qwen2Config(
+    settings = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -47,10 +43,22 @@ def build_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
+    )
+    settings.update(overrides)
+    return Qwen2Config(**settings)
+
+
+def build_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer Qwen2 causal LM (~100k parameters) with its tokenizer, saved to `path`."""
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(path)
+    torch.manual_seed(seed)
+    config = tiny_qwen2_config(
+        tokenizer, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, bos_token_id=None
     )
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(
@@ -63,20 +71,10 @@ def build_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
 def build_tiny_reward_model(path: Path, seed: int = 0) -> Path:
     """A random 2-layer Qwen2 sequence classifier (1 label) with its tokenizer, saved to `path`."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+    from transformers import Qwen2ForSequenceClassification
 
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(path)
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    Qwen2ForSequenceClassification(config).save_pretrained(str(path))
+    Qwen2ForSequenceClassification(tiny_qwen2_config(tokenizer, num_labels=1)).save_pretrained(str(path))
     return path
