@@ -293,7 +293,6 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
         torch.set_num_threads(recipe.train.torch_threads)
     model, tokenizer = _load_model_and_tokenizer(recipe)
     peft_config = _peft_config(recipe, model)
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
     args = _grpo_args(recipe, run_dir, world_size)
 
     from alignment.grpo import ComposedGRPOTrainer
@@ -317,23 +316,33 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
         atomic_write_text(run_dir / CONFIG_FILE, config_text)
         if resume:
             writer.truncate_after(checkpoint_step(resume_from) if resume_from is not None else 0)
-    trainer = ComposedGRPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        composer=composer,
-        engine=engine,
-        sampling=sampling,
-        keep_checkpoints=recipe.train.save_total_limit,
-        callbacks=[_metrics_callback(writer, composer)],
-    )
-    # The engine generates with the trainer's (possibly PEFT-wrapped) model.
-    engine.model = trainer.model
-    if resume_from is not None:
-        trainer.restore_extra_checkpoint_state(resume_from)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    # transformers' TensorBoard callback reads its folder from the environment when the trainer is built: point
+    # it at this run (several runs can share one process: sweeps, tests) and put the previous value back after.
+    previous_tb_dir = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    try:
+        trainer = ComposedGRPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            composer=composer,
+            engine=engine,
+            sampling=sampling,
+            keep_checkpoints=recipe.train.save_total_limit,
+            callbacks=[_metrics_callback(writer, composer)],
+        )
+        # The engine generates with the trainer's (possibly PEFT-wrapped) model.
+        engine.model = trainer.model
+        if resume_from is not None:
+            trainer.restore_extra_checkpoint_state(resume_from)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    finally:
+        if previous_tb_dir is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = previous_tb_dir
     trainer.accelerator.wait_for_everyone()
     final = latest_checkpoint(run_dir)
     if rank == 0:
