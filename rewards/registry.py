@@ -16,54 +16,26 @@ from rewards.base import RewardComponent
 from rewards.errors import RewardConfigError
 
 
-def _r3(kind: str) -> Callable[..., RewardComponent]:
-    def build(**kwargs: Any) -> RewardComponent:
-        from rewards import r3  # imported lazily: loads sentence-transformers
+def _lazy(module: str, class_name: str) -> Callable[..., RewardComponent]:
+    """A factory that imports `module` only when the component is built (R^3 loads sentence-transformers)."""
 
-        classes = {
-            "r3": r3.R3Reward,
-            "r3.qr": r3.QueryRelevance,
-            "r3.rar": r3.ReferenceRelevance,
-            "r3.li": r3.LengthIncentive,
-            "r3.rp": r3.RepetitionPenalty,
-        }
-        return classes[kind](**kwargs)
+    def build(**kwargs: Any) -> RewardComponent:
+        return getattr(importlib.import_module(module), class_name)(**kwargs)
 
     return build
-
-
-def _rule(kind: str) -> Callable[..., RewardComponent]:
-    def build(**kwargs: Any) -> RewardComponent:
-        from rewards import rules
-
-        classes = {
-            "length": rules.LengthReward,
-            "format": rules.FormatReward,
-            "exact_match": rules.ExactMatchReward,
-            "repetition": rules.RepetitionReward,
-        }
-        return classes[kind](**kwargs)
-
-    return build
-
-
-def _reward_model(**kwargs: Any) -> RewardComponent:
-    from rewards.reward_model import RewardModelComponent
-
-    return RewardModelComponent(**kwargs)
 
 
 COMPONENTS: dict[str, Callable[..., RewardComponent]] = {
-    "r3": _r3("r3"),
-    "r3.qr": _r3("r3.qr"),
-    "r3.rar": _r3("r3.rar"),
-    "r3.li": _r3("r3.li"),
-    "r3.rp": _r3("r3.rp"),
-    "length": _rule("length"),
-    "format": _rule("format"),
-    "exact_match": _rule("exact_match"),
-    "repetition": _rule("repetition"),
-    "reward_model": _reward_model,
+    "r3": _lazy("rewards.r3", "R3Reward"),
+    "r3.qr": _lazy("rewards.r3", "QueryRelevance"),
+    "r3.rar": _lazy("rewards.r3", "ReferenceRelevance"),
+    "r3.li": _lazy("rewards.r3", "LengthIncentive"),
+    "r3.rp": _lazy("rewards.r3", "RepetitionPenalty"),
+    "length": _lazy("rewards.rules", "LengthReward"),
+    "format": _lazy("rewards.rules", "FormatReward"),
+    "exact_match": _lazy("rewards.rules", "ExactMatchReward"),
+    "repetition": _lazy("rewards.rules", "RepetitionReward"),
+    "reward_model": _lazy("rewards.reward_model", "RewardModelComponent"),
 }
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
