@@ -103,7 +103,7 @@ class AtomicCheckpointMixin:
         self.accelerator.wait_for_everyone()
 
     def _rotate_complete_checkpoints(self, run_dir: Path) -> None:
-        limit = getattr(self, "keep_checkpoints", None)
+        limit = self.keep_checkpoints
         if not limit:
             return
         checkpoints = complete_checkpoints(run_dir)

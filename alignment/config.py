@@ -27,7 +27,7 @@ BUILTIN_ASSETS = {"tiny-policy": "tiny_policy"}
 ALGORITHMS = ("grpo",)
 
 
-def resolve_path(value: str, base_dir: Path | None, where: str, must_exist: bool = True) -> str:
+def resolve_path(value: str, base_dir: Path | None, where: str) -> str:
     """Resolve a recipe path: ``builtin:NAME`` -> packaged asset, relative -> CWD then recipe folder."""
     if value.startswith("builtin:"):
         name = value[len("builtin:") :]
@@ -41,7 +41,7 @@ def resolve_path(value: str, base_dir: Path | None, where: str, must_exist: bool
         resolved = path
     else:
         resolved = base_dir / path if (base_dir / path).exists() else path
-    if must_exist and not resolved.exists():
+    if not resolved.exists():
         raise ConfigError(f"{where}: {value!r} does not exist (looked in {Path.cwd()} and {base_dir})")
     return str(resolved)
 

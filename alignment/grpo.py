@@ -37,8 +37,8 @@ class ObjectiveRewardFunction:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         columns = {k: v for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(completions)}
-        matrix = self.composer.score(prompts, completions, **columns).matrix
-        return [None if np.isnan(v) else float(v) for v in matrix[:, self.index]]
+        values = self.composer.score_objective(self.index, prompts, completions, **columns)
+        return [None if np.isnan(v) else float(v) for v in values]
 
 
 def run_lengths(prompts: Sequence[Prompt]) -> list[tuple[Prompt, int]]:
@@ -139,13 +139,15 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         result = self.composer.score(prompts, completions, **columns)
         device = self.accelerator.device
         local = torch.tensor(result.matrix, dtype=torch.float32, device=device)
-        failures = torch.tensor([result.failures[n] for n in self.composer.names], dtype=torch.float32, device=device)
-        total_failures = gather(failures.unsqueeze(0)).sum(dim=0)
-        self._reward_failures = dict(zip(self.composer.names, total_failures.tolist()))
-        masked = torch.tensor(
-            [result.masked.get(n, 0) for n in self.composer.names], dtype=torch.float32, device=device
+        names = self.composer.names
+        counts = torch.tensor(
+            [[result.failures[n] for n in names], [result.masked.get(n, 0) for n in names]],
+            dtype=torch.float32,
+            device=device,
         )
-        self._reward_masked = dict(zip(self.composer.names, gather(masked.unsqueeze(0)).sum(dim=0).tolist()))
+        failures, masked = gather(counts.unsqueeze(0)).sum(dim=0).tolist()  # summed over processes
+        self._reward_failures = dict(zip(names, failures))
+        self._reward_masked = dict(zip(names, masked))
         self._reward_matrix = gather(local)
         return self._reward_matrix
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
@@ -57,14 +58,6 @@ def _json_safe(value: Any) -> Any:
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Atomically write `data` as indented JSON (NaN/inf become null)."""
     atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 class MetricsWriter:

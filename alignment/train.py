@@ -57,13 +57,15 @@ def build_composer_from(rewards: RewardsConfig) -> RewardComposer:
         where = f"rewards.objectives[{i}] ({objective.name})"
         try:
             component = build_component(objective.name, objective.component, objective.args, where)
-            if objective.length_condition is not None:
+        except RewardConfigError as err:  # build_component names `where` itself
+            raise ConfigError(str(err)) from None
+        if objective.length_condition is not None:
+            try:
                 masks[objective.name] = LengthCondition.from_dict(objective.length_condition)
-        except RewardConfigError as err:
-            message = str(err)
-            raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
-        except TypeError as err:
-            raise ConfigError(f"{where}.length_condition: {err}") from None
+            except RewardConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            except TypeError as err:
+                raise ConfigError(f"{where}.length_condition: {err}") from None
         objectives.append(Objective(objective.name, component))
     names = [o.name for o in rewards.objectives]
     options = dict(rewards.weighting.options)

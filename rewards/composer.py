@@ -113,6 +113,37 @@ def _to_float(value: Any) -> float:
     return number if math.isfinite(number) else math.nan
 
 
+def _score_objective(
+    objective: Objective, prompts: Sequence[Any], completions: Sequence[Any], columns: Mapping[str, Sequence[Any]]
+) -> tuple[np.ndarray, int]:
+    """One objective's values [N] (NaN = not applicable or failed) and its failure count.
+
+    A component that raises on the batch is retried row by row; rows that still raise become NaN. If every row
+    fails, RewardComponentError names the objective and the first error.
+    """
+    try:
+        return _convert(_call_component(objective.component, prompts, completions, columns))
+    except Exception as batch_error:  # noqa: BLE001 - any component error becomes per-row NaN
+        first_error: Exception = batch_error
+    values, failed = [], 0
+    for i in range(len(completions)):
+        row_columns = {key: [col[i]] for key, col in columns.items()}
+        try:
+            values.append(
+                _to_float(_call_component(objective.component, [prompts[i]], [completions[i]], row_columns)[0])
+            )
+        except Exception as row_error:  # noqa: BLE001
+            values.append(math.nan)
+            failed += 1
+            first_error = row_error
+    if completions and failed == len(completions):
+        raise RewardComponentError(
+            f"reward objective {objective.name!r} failed on all {failed} rows: "
+            f"{type(first_error).__name__}: {first_error}"
+        ) from first_error
+    return np.asarray(values, dtype=np.float64), failed
+
+
 class RewardComposer:
     """Composes K reward components into one training signal (see the module docstring)."""
 
@@ -178,33 +209,21 @@ class RewardComposer:
         seconds: dict[str, float] = {}
         for k, objective in enumerate(self.objectives):
             start = time.perf_counter()
-            try:
-                raw = _call_component(objective.component, prompts, completions, columns)
-                values, failed = _convert(raw)
-            except Exception as batch_error:  # noqa: BLE001 - any component error becomes per-row NaN
-                values, failed, first_error = [], 0, batch_error
-                for i in range(n):
-                    row_columns = {key: [col[i]] for key, col in columns.items()}
-                    try:
-                        values.append(
-                            _to_float(
-                                _call_component(objective.component, [prompts[i]], [completions[i]], row_columns)[0]
-                            )
-                        )
-                    except Exception as row_error:  # noqa: BLE001
-                        values.append(math.nan)
-                        failed += 1
-                        first_error = row_error
-                if n > 0 and failed == n:
-                    raise RewardComponentError(
-                        f"reward objective {objective.name!r} failed on all {n} rows: "
-                        f"{type(first_error).__name__}: {first_error}"
-                    ) from first_error
-            matrix[:, k] = values
-            failures[objective.name] = failed
+            matrix[:, k], failures[objective.name] = _score_objective(objective, prompts, completions, columns)
             seconds[objective.name] = time.perf_counter() - start
         matrix, masked = self.apply_masks(matrix, completions, columns)
         return ScoreResult(matrix=matrix, failures=failures, seconds=seconds, masked=masked)
+
+    def score_objective(
+        self, index: int, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]
+    ) -> np.ndarray:
+        """Scores [N] of objective `index` alone, with the same failure handling and length condition as `score`."""
+        objective = self.objectives[index]
+        values, _ = _score_objective(objective, prompts, completions, columns)
+        if objective.name not in self.masks:
+            return values
+        masked, _ = apply_length_masks(values[:, None], [objective.name], self.masks, completions, columns)
+        return masked[:, 0]
 
     def apply_masks(
         self, matrix: np.ndarray, completions: Sequence[Any], columns: Mapping[str, Sequence[Any]]

@@ -70,16 +70,22 @@ def _validate_points(points: object, name: str = "points") -> np.ndarray:
     return arr + 0.0
 
 
-def _validate_ref(ref: object, k: int, points_name: str = "points") -> np.ndarray:
-    arr = _as_float_array(ref, "ref")
+def _validate_vector(value: object, k: int, name: str, points_name: str) -> np.ndarray:
+    """A finite [K] point named `name` that must match the K of the point set named `points_name`."""
+    arr = _as_float_array(value, name)
     if arr.ndim != 1:
-        raise ValueError(f"ref must be a 1-D array of shape [K], got ndim={arr.ndim} (shape {arr.shape})")
+        raise ValueError(f"{name} must be a 1-D array of shape [K], got ndim={arr.ndim} (shape {arr.shape})")
     if arr.shape[0] != k:
         raise ValueError(
-            f"shape mismatch: {points_name} has K={k} objectives but ref has {arr.shape[0]} (ref shape {arr.shape})"
+            f"shape mismatch: {points_name} has K={k} objectives but {name} has {arr.shape[0]} "
+            f"({name} shape {arr.shape})"
         )
-    _check_finite(arr, "ref")
+    _check_finite(arr, name)
     return arr + 0.0
+
+
+def _validate_ref(ref: object, k: int, points_name: str = "points") -> np.ndarray:
+    return _validate_vector(ref, k, "ref", points_name)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -445,16 +451,7 @@ def hypervolume_improvement(buffer: np.ndarray, candidate: np.ndarray, ref: np.n
     """
     buf = _validate_points(buffer, "buffer")
     k = buf.shape[1]
-    cand = _as_float_array(candidate, "candidate")
-    if cand.ndim != 1:
-        raise ValueError(f"candidate must be a 1-D array of shape [K], got ndim={cand.ndim} (shape {cand.shape})")
-    if cand.shape[0] != k:
-        raise ValueError(
-            f"shape mismatch: buffer has K={k} objectives but candidate has {cand.shape[0]} "
-            f"(candidate shape {cand.shape})"
-        )
-    _check_finite(cand, "candidate")
-    cand = cand + 0.0
+    cand = _validate_vector(candidate, k, "candidate", "buffer")
     r = _validate_ref(ref, k, "buffer")
     if not np.all(cand > r):
         return 0.0

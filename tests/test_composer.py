@@ -194,3 +194,18 @@ def test_compose_applies_optional_hooks() -> None:
     assert got.metrics == {"custom": 1.0, "reward_scale": 3.0, "advantage_scale": 0.5}
     assert plain.compose(matrix, 2).metrics == {}
     np.testing.assert_allclose(plain.objective_advantages(matrix, 2), [[-1, -0.5], [1, 0.5], [-2.5, 0], [2.5, 0]])
+
+
+def test_score_objective_matches_the_matrix_column_with_masks() -> None:
+    from rewards.masking import LengthCondition
+
+    composer = RewardComposer(
+        [Objective("a", Constant("a", [1.0, float("nan"), None, 2.0])), Objective("flaky", FailsOnOdd())],
+        StaticWeights([1.0, 1.0]),
+        masks={"flaky": LengthCondition(unit="chars", target=1, tau_l=1.0, tau_u=1.0)},
+    )
+    completions = ["0", "1", "22", "3"]
+    matrix = composer.score(["p"] * 4, completions).matrix
+    for k in range(2):
+        np.testing.assert_array_equal(composer.score_objective(k, ["p"] * 4, completions), matrix[:, k])
+    assert matrix[2, 1] == 0.0, "'22' is outside the one-character band"
