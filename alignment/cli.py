@@ -8,11 +8,16 @@ what is wrong and exit code 2. Also runs under the deepspeed launcher:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
 from alignment.errors import UserInputError
 from rewards.errors import RewardComponentError, RewardConfigError
+
+# Further subcommands, each a module with HELP (one line), add_arguments(parser) and run(args) -> exit code.
+# Those modules import heavy libraries inside run() only, so that `align --help` stays fast.
+COMMAND_MODULES: dict[str, str] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     evalrm.add_argument("--reward", required=True, help="component name, module:function, reward-model folder or YAML")
     evalrm.add_argument("--data", required=True, help="TRL preference rows: prompt, chosen, rejected (JSONL/JSON/...)")
     evalrm.add_argument("--out", required=True, help="where to write the JSON report")
+    for name, module in COMMAND_MODULES.items():
+        command = importlib.import_module(module)
+        command.add_arguments(sub.add_parser(name, help=command.HELP, description=command.HELP))
     return parser
 
 
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval-rm":
             return _eval_rm(args)
+        if args.command in COMMAND_MODULES:
+            return int(importlib.import_module(COMMAND_MODULES[args.command]).run(args))
     except (UserInputError, RewardConfigError, RewardComponentError) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2
