@@ -14,10 +14,17 @@ import sys
 
 from alignment.errors import UserInputError
 from rewards.errors import RewardComponentError, RewardConfigError
+from rollout.base import RolloutServerError
 
 # Further subcommands, each a module with HELP (one line), add_arguments(parser) and run(args) -> exit code.
 # Those modules import heavy libraries inside run() only, so that `align --help` stays fast.
-COMMAND_MODULES: dict[str, str] = {}
+COMMAND_MODULES: dict[str, str] = {
+    "sample": "alignment.sample",
+    "serve-rollout": "alignment.serve_rollout",
+    "evaluate": "alignment.evaluate",
+    "sweep": "alignment.sweep",
+    "pareto": "alignment.pareto_report",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserInputError, RewardConfigError, RewardComponentError) as err:
         print(f"align {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RolloutServerError as err:  # retried already; the last complete checkpoint is intact
+        print(f"align {args.command}: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

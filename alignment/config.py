@@ -24,11 +24,24 @@ from alignment.errors import ConfigError
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 BUILTIN_ASSETS = {"tiny-policy": "tiny_policy"}
 
-ALGORITHMS = ("grpo",)
+ALGORITHMS = ("grpo", "dpo", "rpo", "sparsepo")
+PREFERENCE_ALGORITHMS = ("dpo", "rpo", "sparsepo")
 
 
 def resolve_path(value: str, base_dir: Path | None, where: str) -> str:
-    """Resolve a recipe path: ``builtin:NAME`` -> packaged asset, relative -> CWD then recipe folder."""
+    """Resolve a recipe path: ``builtin:NAME`` -> packaged asset, relative -> CWD then recipe folder.
+
+    A path the operating system cannot even look up (too long, NUL byte) is a ConfigError naming `where`.
+    """
+    try:
+        return _resolve_path(value, base_dir, where)
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        shown = repr(value) if len(value) <= 80 else repr(value[:77] + "...")
+        raise ConfigError(f"{where}: {shown} is not a usable path ({reason})") from None
+
+
+def _resolve_path(value: str, base_dir: Path | None, where: str) -> str:
     if value.startswith("builtin:"):
         name = value[len("builtin:") :]
         candidate = ASSETS_DIR / BUILTIN_ASSETS.get(name, name)
@@ -53,9 +66,11 @@ def _check(condition: bool, where: str, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """The policy to train: a local model directory (or ``builtin:tiny-policy``)."""
+    """The policy to train: a local model directory (or ``builtin:tiny-policy``), optionally with a PEFT adapter
+    folder (`adapter`) to continue training instead of starting a new one (then `peft` is not used)."""
 
     path: str = "builtin:tiny-policy"
+    adapter: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
 
@@ -97,7 +112,17 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    """How samples are generated (the rollout worker in rollout/)."""
+    """How samples are generated (the rollout worker in rollout/; engines picked by rollout/factory.py).
+
+    engine: transformers (the learner's own model, CPU default) or vllm (`vllm.LLM` in this process; falls back
+    to transformers with a warning when vllm cannot be imported). server_url: http://host:port of a server
+    started by `align serve-rollout` (then samples come from it, whatever its engine), with request_timeout_s,
+    retries and retry_backoff_s (doubling) for unreachable servers. weight_sync: what vLLM or the server gets
+    after each update: auto (the LoRA adapter when peft is on, else full weights), full or adapter.
+    max_prompt_tokens: prompt budget (null: the model's context minus max_new_tokens); longer prompts are cut
+    from the left with a count logged (prompt_truncation: left) or stop the run (error). gpu_memory_utilization,
+    sleep_mode, vllm_options: vLLM's LLM(...) settings (sleep_mode frees its memory between generations).
+    """
 
     engine: Literal["transformers", "vllm"] = "transformers"
     temperature: float = 1.0
@@ -106,6 +131,30 @@ class RolloutConfig:
     max_new_tokens: int = 64
     stop: list[str] = field(default_factory=list)
     batch_size: int = 64
+    max_prompt_tokens: int | None = None
+    prompt_truncation: Literal["left", "error"] = "left"
+    server_url: str | None = None
+    request_timeout_s: float = 600.0
+    retries: int = 5
+    retry_backoff_s: float = 0.5
+    weight_sync: Literal["auto", "full", "adapter"] = "auto"
+    gpu_memory_utilization: float = 0.5
+    sleep_mode: bool = False
+    vllm_options: dict[str, Any] = field(default_factory=dict)
+
+    def sampling_params(self, n: int = 1, seed: int | None = None) -> Any:
+        """These settings as the rollout worker's `SamplingParams` (n samples per prompt, optional seed)."""
+        from rollout.base import SamplingParams
+
+        return SamplingParams(
+            n=n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_tokens=self.max_new_tokens,
+            stop=tuple(self.stop),
+            seed=seed,
+        )
 
     def validate(self, where: str) -> None:
         _check(self.temperature > 0, f"{where}.temperature", f"must be > 0, got {self.temperature}")
@@ -113,6 +162,27 @@ class RolloutConfig:
         _check(self.top_k >= 0, f"{where}.top_k", f"must be >= 0 (0 = off), got {self.top_k}")
         _check(self.max_new_tokens > 0, f"{where}.max_new_tokens", f"must be positive, got {self.max_new_tokens}")
         _check(self.batch_size > 0, f"{where}.batch_size", f"must be positive, got {self.batch_size}")
+        if self.max_prompt_tokens is not None:
+            _check(
+                self.max_prompt_tokens > 0,
+                f"{where}.max_prompt_tokens",
+                f"must be positive or null, got {self.max_prompt_tokens}",
+            )
+        if self.server_url is not None:
+            from rollout.remote_engine import parse_server_url
+
+            try:
+                parse_server_url(self.server_url)
+            except ValueError as err:
+                raise ConfigError(f"{where}.server_url: {err}") from None
+        _check(self.request_timeout_s > 0, f"{where}.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        _check(self.retries >= 0, f"{where}.retries", f"must be >= 0, got {self.retries}")
+        _check(self.retry_backoff_s >= 0, f"{where}.retry_backoff_s", f"must be >= 0, got {self.retry_backoff_s}")
+        _check(
+            0 < self.gpu_memory_utilization <= 1,
+            f"{where}.gpu_memory_utilization",
+            f"must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
 
 
 @dataclass
@@ -125,9 +195,13 @@ class ObjectiveConfig:
     args: dict[str, Any] = field(default_factory=dict)
     # Length-conditional mask (BalCapRL): {unit, reference | target, tau_l, tau_u, outside: zero|nan, missing}
     length_condition: dict[str, Any] | None = None
+    # Seconds one call of this component may take before its rows count as timed out (null: rewards.timeout).
+    timeout: float | None = None
 
     def validate(self, where: str) -> None:
         _check(bool(self.name), f"{where}.name", "must be a non-empty name")
+        if self.timeout is not None:
+            _check(self.timeout > 0, f"{where}.timeout", f"must be a positive number of seconds, got {self.timeout}")
 
 
 @dataclass
@@ -148,23 +222,105 @@ class WeightingConfig:
 
 @dataclass
 class RewardsConfig:
-    """The reward composer: objectives, normalisation and weighting."""
+    """The reward composer: objectives, normalisation, weighting, and `timeout`: the seconds one reward
+    component call may take (per objective `timeout` overrides it; null = no limit). A call that takes longer
+    is abandoned; its rows are retried one by one and those that time out again become NaN (not applicable),
+    counted per objective as rewards/<name>/timeouts, and the run goes on."""
 
     objectives: list[ObjectiveConfig] = field(default_factory=list)
     normalization: Literal["group", "batch", "none", "decoupled"] = "group"
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    # Held-out "gold" objectives: scored only when checkpoints are evaluated (alignment/evaluate.py), never
+    # trained on; the Pareto report plots the proxy objectives against them over KL (overoptimization view).
+    gold: list[ObjectiveConfig] = field(default_factory=list)
+    timeout: float | None = 300.0
 
     def validate(self, where: str) -> None:
-        _check(len(self.objectives) > 0, f"{where}.objectives", "needs at least one objective")
+        if self.timeout is not None:
+            _check(self.timeout > 0, f"{where}.timeout", f"must be a positive number of seconds, got {self.timeout}")
         names = [o.name for o in self.objectives]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         _check(not duplicates, f"{where}.objectives", f"objective names must be unique; repeated: {duplicates}")
+        gold = [o.name for o in self.gold]
+        clashes = sorted({n for n in gold if gold.count(n) > 1 or n in names})
+        _check(not clashes, f"{where}.gold", f"gold objective names must be unique and not objectives; got {clashes}")
         if self.weighting.strategy == "gradient":
             _check(
                 len(self.objectives) >= 2,
                 f"{where}.weighting.strategy",
                 "gradient weighting needs at least two objectives",
             )
+
+
+@dataclass
+class PreferenceConfig:
+    """DPO / RPO / SparsePO settings (SPECS sections 4, 5, 8); used when `algorithm` is dpo, rpo or sparsepo.
+
+    beta, label_smoothing: the DPO term (cDPO smoothing, 0 = plain DPO). max_length: prompt + completion tokens
+    per sequence (longer ones are cut at the end, as TRL does); a pair whose prompt alone reaches it is skipped
+    and counted (`too_long: skip`) or stops the run before training (`too_long: error`). Pairs with an empty or
+    identical chosen/rejected answer are skipped and counted (`bad_pairs: skip`) or rejected (`error`).
+    rpo_eta, rpo_version: RPO's SFT weight and form (sum: Liu et al. main, beta 0.01 / eta 0.005; mean: the
+    appendix, beta 0.5 / eta 0.2; trl_sft: TRL's pooled token mean, Pang et al.). mask, separate_masks,
+    use_kl, lambda_u, lambda_d, mask_dropout, mask_weight_decay, activation_hooks: SparsePO (sparse = learned
+    mask head on the reference hidden states; activation = masks from reference activations of the named
+    sub-modules, no L1). The L1 weights have no published default; 0.01 is this project's choice.
+    """
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    max_length: int | None = 512
+    too_long: Literal["skip", "error"] = "skip"
+    bad_pairs: Literal["skip", "error"] = "skip"
+    rpo_eta: float = 0.005
+    rpo_version: Literal["sum", "mean", "trl_sft"] = "sum"
+    mask: Literal["sparse", "activation"] = "sparse"
+    separate_masks: bool = False
+    use_kl: bool = True
+    lambda_u: float = 0.01
+    lambda_d: float = 0.01
+    mask_dropout: float = 0.01
+    mask_weight_decay: float = 0.01
+    activation_hooks: list[str] = field(default_factory=lambda: ["mlp", "self_attn"])
+
+    def validate(self, where: str) -> None:
+        _check(self.beta > 0, f"{where}.beta", f"must be > 0, got {self.beta}")
+        _check(0 <= self.label_smoothing <= 0.5, f"{where}.label_smoothing", "must be in [0, 0.5]")
+        if self.max_length is not None:
+            _check(self.max_length >= 2, f"{where}.max_length", f"must be >= 2 or null, got {self.max_length}")
+        _check(self.rpo_eta >= 0, f"{where}.rpo_eta", f"must be >= 0, got {self.rpo_eta}")
+        for name in ("lambda_u", "lambda_d", "mask_weight_decay"):
+            value = getattr(self, name)
+            _check(value >= 0, f"{where}.{name}", f"must be >= 0, got {value}")
+        _check(0 <= self.mask_dropout < 1, f"{where}.mask_dropout", f"must be in [0, 1), got {self.mask_dropout}")
+        if self.mask == "activation":
+            _check(not self.separate_masks, f"{where}.separate_masks", "the activation mask is one shared mask")
+            _check(len(self.activation_hooks) > 0, f"{where}.activation_hooks", "must name at least one module")
+
+
+@dataclass
+class IterativeConfig:
+    """Iterative (on-policy) preference training: `rounds` x (sample -> pairs -> one preference run -> sync).
+
+    Each round samples `n` completions per prompt of `prompts` from the current policy with the rollout worker,
+    scores them with the recipe's `rewards` composer, builds pairs (`pairs`: best-worst or all; ties skipped),
+    and trains `steps_per_round` steps of the recipe's algorithm on them, continuing the adapter of the round
+    before (whose weights the next round samples from). `rounds: 0` = offline training on `data.train`.
+    """
+
+    rounds: int = 0
+    prompts: str | None = None
+    n: int = 8
+    pairs: Literal["best-worst", "all"] = "best-worst"
+    steps_per_round: int = 12
+    max_prompts: int | None = None
+
+    def validate(self, where: str) -> None:
+        _check(self.rounds >= 0, f"{where}.rounds", f"must be >= 0, got {self.rounds}")
+        _check(self.n >= 2, f"{where}.n", f"needs at least 2 samples per prompt to make pairs, got {self.n}")
+        _check(self.steps_per_round > 0, f"{where}.steps_per_round", f"must be positive, got {self.steps_per_round}")
+        if self.max_prompts is not None:
+            _check(self.max_prompts > 0, f"{where}.max_prompts", f"must be positive or null, got {self.max_prompts}")
 
 
 @dataclass
@@ -175,6 +331,7 @@ class TrainConfig:
     learning_rate: float = 5e-4
     prompts_per_step: int = 4
     num_generations: int = 8
+    pairs_per_step: int = 8  # preference learners: pairs per optimiser step (all processes together)
     beta: float = 0.0
     epsilon: float = 0.2
     epsilon_high: float | None = None
@@ -192,7 +349,8 @@ class TrainConfig:
     torch_threads: int | None = None
 
     def validate(self, where: str) -> None:
-        for name in ("max_steps", "prompts_per_step", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+        names = ("max_steps", "prompts_per_step", "pairs_per_step", "gradient_accumulation_steps", "logging_steps")
+        for name in (*names, "save_steps"):
             value = getattr(self, name)
             _check(value > 0, f"{where}.{name}", f"must be a positive integer, got {value}")
         _check(self.num_generations >= 2, f"{where}.num_generations", "GRPO needs at least 2 samples per prompt")
@@ -202,6 +360,12 @@ class TrainConfig:
         _check(self.max_grad_norm > 0, f"{where}.max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
         if self.save_total_limit is not None:
             _check(self.save_total_limit > 0, f"{where}.save_total_limit", "must be positive or null")
+        if self.torch_threads is not None:
+            _check(
+                0 < self.torch_threads <= 1024,
+                f"{where}.torch_threads",
+                f"must be between 1 and 1024 or null, got {self.torch_threads}",
+            )
 
 
 @dataclass
@@ -216,6 +380,8 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str | None = None  # the recipe file it came from (set by load_recipe)
 
@@ -225,6 +391,22 @@ class Recipe:
             "algorithm",
             f"unknown algorithm {self.algorithm!r}; available: {', '.join(ALGORITHMS)}",
         )
+        if self.algorithm == "grpo":
+            _check(len(self.rewards.objectives) > 0, "rewards.objectives", "needs at least one objective (grpo)")
+        else:
+            if self.iterative.rounds > 0:
+                _check(bool(self.iterative.prompts), "iterative.prompts", "iterative rounds need a prompt file")
+                _check(
+                    len(self.rewards.objectives) > 0,
+                    "rewards.objectives",
+                    "iterative rounds score their samples with the rewards composer; list at least one objective",
+                )
+            _check(
+                self.rewards.weighting.strategy == "static",
+                "rewards.weighting.strategy",
+                f"{self.rewards.weighting.strategy!r} weighting moves weights during on-policy training (grpo); "
+                f"{self.algorithm} learns from fixed pairs, use 'static'",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping of every field (what the run folder's resolved config holds)."""
@@ -251,6 +433,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     recipe.source = str(path.resolve())
     base = path.resolve().parent
     recipe.model.path = resolve_path(recipe.model.path, base, "model.path")
+    if recipe.model.adapter is not None:
+        recipe.model.adapter = resolve_path(recipe.model.adapter, base, "model.adapter")
+    if recipe.iterative.prompts is not None:
+        recipe.iterative.prompts = resolve_path(recipe.iterative.prompts, base, "iterative.prompts")
     recipe.data.train = resolve_path(recipe.data.train, base, "data.train")
     if recipe.data.eval is not None:
         recipe.data.eval = resolve_path(recipe.data.eval, base, "data.eval")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union
@@ -20,6 +21,7 @@ import yaml
 from alignment.errors import ConfigError
 
 T = TypeVar("T")
+_FIELD_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
 
 
 def _describe(value: Any) -> str:
@@ -111,10 +113,11 @@ def load_dataclass(cls: type[T], data: Any, where: str) -> T:
         raise ConfigError(f"{where or 'config'}: expected a mapping of fields, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=repr)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown field; allowed fields here: {', '.join(sorted(fields))}")
+        key = unknown[0] if isinstance(unknown[0], str) and _FIELD_NAME.match(unknown[0]) else repr(unknown[0])
+        raise ConfigError(f"{prefix}{key}: unknown field; allowed fields here: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, field in fields.items():
         path = f"{where}.{name}" if where else name

@@ -1,4 +1,9 @@
-"""Loading TRL-format datasets from local files, with row checks that name the file and the row."""
+"""Loading TRL-format datasets from local files, with row checks that name the file and the row.
+
+Whatever a file holds (broken JSON, invalid UTF-8 or lone surrogates, a truncated or garbage Parquet file, rows
+of the wrong shape or of mixed types), loading either succeeds or raises one `DataError` line naming the file
+and, where there is one, the row and field.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +35,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+                    row = _parse_json(line, f"{path}: line {number}")
                     if not isinstance(row, dict):
                         raise DataError(f"{path}: line {number} is not a JSON object")
                     rows.append(row)
@@ -42,25 +44,75 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         return rows
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+        data = _parse_json(text, str(path))
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError(f"{path}: a .json dataset must be a list of objects")
         return data
     if suffix == ".parquet":
-        return [dict(row) for row in Dataset.from_parquet(str(path))]
+        import pyarrow.parquet as pq
+
+        try:  # read directly: no copy in the `datasets` cache
+            return pq.read_table(str(path)).to_pylist()
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for damaged files
+            raise DataError(f"{path}: not a readable Parquet file ({_first_line(err)})") from None
     raise DataError(f"{path}: unsupported dataset format {suffix!r}; use .jsonl, .json, .parquet or a datasets dir")
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _parse_json(text: str, where: str) -> Any:
+    """json.loads with every failure (syntax, 4300+ digit integers, nesting too deep) as a DataError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where} is not valid JSON ({err.msg})") from None
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"{where} is not usable JSON ({_first_line(err)})") from None
+
+
+def _find_bad_text(value: Any, depth: int = 0) -> str | None:
+    """A string inside `value` that is not valid Unicode (a lone surrogate from a JSON escape), shown short."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return repr(value[max(0, err.start - 10) : err.end + 10])
+        return None
+    if depth > 50:
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _find_bad_text(key, depth + 1) if isinstance(key, str) else None
+        found = found or _find_bad_text(item, depth + 1)
+        if found:
+            return found
+    return None
+
+
 def read_dataset_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Every row of a local dataset file or `datasets` folder; DataError if it is missing or has no rows."""
+    """Every row of a local dataset file or `datasets` folder; DataError if it is missing, unreadable, has no
+    rows, or a row holds text that is not valid Unicode (named by row and field)."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: dataset file does not exist")
-    rows = _read_rows(path)
+    try:
+        if not path.exists():
+            raise DataError(f"{path}: dataset file does not exist")
+        rows = _read_rows(path)
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or _first_line(err)})") from None
     if not rows:
         raise DataError(f"{path}: the dataset has no rows")
+    for number, row in enumerate(rows, start=1):
+        for key, value in row.items():
+            bad = _find_bad_text(key) or _find_bad_text(value)
+            if bad:
+                raise DataError(f"{path}: row {number}, field {str(key)[:80]!r}: not valid Unicode text near {bad}")
     return rows
 
 
@@ -72,16 +124,61 @@ def check_prompt(value: Any, where: str) -> None:
         return
     if isinstance(value, list) and value:
         for i, message in enumerate(value):
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise DataError(f"{where}: message {i} must be an object with 'role' and 'content'")
-            if message["role"] not in ("system", "user", "assistant", "tool"):
-                raise DataError(f"{where}: message {i} has unknown role {message['role']!r}")
-            if not isinstance(message["content"], str | list):
-                raise DataError(f"{where}: message {i} content must be a string or a list of parts")
+            check_message(message, f"{where}: message {i}")
         return
     raise DataError(
         f"{where}: the prompt must be a non-empty string or list of chat messages, got {type(value).__name__}"
     )
+
+
+def check_message(message: Any, where: str) -> None:
+    """A chat message: {'role': system|user|assistant|tool, 'content': text or a list of typed parts}.
+
+    Parts are objects with a string 'type'; a 'text' part needs a string 'text'.
+    """
+    if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        raise DataError(f"{where} must be an object with 'role' and 'content'")
+    role = message["role"]
+    if not isinstance(role, str) or role not in ("system", "user", "assistant", "tool"):
+        raise DataError(f"{where} has unknown role {str(role)[:40]!r}; use system, user, assistant or tool")
+    content = message["content"]
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise DataError(f"{where} content must be a string or a list of parts, got {type(content).__name__}")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise DataError(f"{where} content part {j} must be an object with a string 'type'")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise DataError(f"{where} content part {j} is a text part without a string 'text'")
+
+
+def first_type_clash(rows: list[dict[str, Any]]) -> str | None:
+    """'row N, field F: a list where row M has a str' for the first column whose JSON kinds differ, else None.
+
+    (Arrow needs one type per column; numbers of both kinds and nulls mix fine.)
+    """
+
+    def kind(value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return "bool"
+        if isinstance(value, int | float):
+            return "number"
+        return type(value).__name__
+
+    seen: dict[str, tuple[str, int]] = {}
+    for number, row in enumerate(rows, start=1):
+        for key, value in row.items():
+            k = kind(value)
+            if k is None:
+                continue
+            if key in seen and seen[key][0] != k:
+                first, first_row = seen[key]
+                return f"row {number}, field {str(key)[:80]!r}: a {k} where row {first_row} has a {first}"
+            seen.setdefault(key, (k, number))
+    return None
 
 
 def load_prompts(path: str | Path, prompt_column: str = "prompt", max_rows: int | None = None) -> Dataset:
@@ -103,4 +200,6 @@ def load_prompts(path: str | Path, prompt_column: str = "prompt", max_rows: int 
     try:
         return Dataset.from_list(rows)
     except Exception as err:  # noqa: BLE001 - pyarrow type errors
-        raise DataError(f"{path}: rows have inconsistent column types ({err})") from None
+        clash = first_type_clash(rows)
+        detail = clash or f"rows have inconsistent column types ({_first_line(err)})"
+        raise DataError(f"{path}: {detail}") from None

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from alignment.data import check_prompt, read_dataset_rows
-from alignment.errors import ConfigError, DataError
+from alignment.errors import ConfigError
+from alignment.preference_data import read_preference_rows
 from rewards.composer import Objective, RewardComposer
 from rewards.errors import RewardConfigError
 from rewards.registry import COMPONENTS, build_component
@@ -28,37 +28,10 @@ from rewards.weighting import StaticWeights
 COMPOSITE = "composite"
 
 
-def _split_implicit(chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> tuple[list, list, list]:
-    """TRL's implicit-prompt conversational rows: the shared leading messages are the prompt."""
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-        shared += 1
-    return chosen[:shared], chosen[shared:], rejected[shared:]
-
-
 def load_preference_pairs(path: str | Path) -> list[dict[str, Any]]:
     """TRL preference rows (`prompt`, `chosen`, `rejected`; standard or conversational, explicit or implicit
-    prompt) from a local file. Returns rows with all three keys; raises DataError naming the file and row."""
-    path = Path(path)
-    rows = read_dataset_rows(path)
-    pairs = []
-    for number, row in enumerate(rows, start=1):
-        where = f"{path}: row {number}"
-        for key in ("chosen", "rejected"):
-            if key not in row:
-                raise DataError(f"{where} has no {key!r} field (fields: {sorted(row)})")
-        chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
-        if prompt is None:
-            if not (isinstance(chosen, list) and isinstance(rejected, list)):
-                raise DataError(f"{where} has no 'prompt' field and its answers are not conversations")
-            prompt, chosen, rejected = _split_implicit(chosen, rejected)
-        check_prompt(prompt, where)
-        for key, value in (("chosen", chosen), ("rejected", rejected)):
-            text = completion_text(value) if isinstance(value, str | list) else None
-            if text is None or not text.strip():
-                raise DataError(f"{where}: {key!r} is empty or not a string / list of messages")
-        pairs.append({**row, "prompt": prompt, "chosen": chosen, "rejected": rejected})
-    return pairs
+    prompt) from a local file, every row checked strictly. Raises DataError naming the file and row."""
+    return read_preference_rows(path, on_bad="error")[0]
 
 
 def composer_from_spec(spec: str) -> RewardComposer:

@@ -1,7 +1,8 @@
 """GRPO on TRL's GRPOTrainer with the reward composer and the rollout worker plugged in.
 
 Three narrow subclass points, nothing else of TRL's loop is changed:
-- `rollout_func` (TRL's documented hook): samples come from a `rollout/` engine.
+- `rollout_func` (TRL's documented hook): samples come from a `rollout/` engine; an engine with its own copy of
+  the policy (vLLM, a rollout server) is synced first whenever an optimizer step has changed the weights.
 - `_calculate_rewards`: the composer scores every objective on this process's rows (failures become NaN and
   are counted); the [N, K] matrix is gathered across processes, as TRL does, and kept for the step.
 - `_generate_and_score_completions`: after TRL's own pass, the advantages are replaced by the composer's
@@ -95,11 +96,34 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         self._reward_matrix: torch.Tensor | None = None
         self._reward_failures: dict[str, int] = {}
         self._reward_masked: dict[str, int] = {}
+        self._reward_timeouts: dict[str, int] = {}
+        self._synced_step: int | None = None
         reward_funcs = [ObjectiveRewardFunction(composer, k) for k in range(len(composer.objectives))]
         super().__init__(reward_funcs=reward_funcs, rollout_func=self._rollout, **kwargs)
 
     # -- rollout ---------------------------------------------------------------------------------------------
+    def _sync_rollout_weights(self) -> None:
+        """Push the policy to an engine holding its own copy (vLLM, a rollout server) once per optimizer step.
+
+        Runs before the first generation after each update (and once at the start, which also covers resume).
+        The parameters are gathered under ZeRO-3; a shared server is pushed to by the main process only, a
+        colocated engine by every process; everyone waits until it is done. Engines without a `weight_sync`
+        (the transformers engine shares the learner's model) need nothing.
+        """
+        sync = getattr(self.rollout_engine, "weight_sync", None)
+        if sync is None or self._synced_step == self.state.global_step:
+            return
+        # A sync needs the full parameters: always gathered under ZeRO-3, whatever ds3_gather_for_generation says.
+        model = self.model_wrapped
+        with unwrap_model_for_generation(model, self.accelerator, gather_deepspeed3_params=True) as unwrapped:
+            if self.accelerator.is_main_process or not sync.shared:
+                stats = sync(unwrapped)
+                self._metrics["train" if self.model.training else "eval"]["rollout/sync_seconds"].append(stats.seconds)
+        self.accelerator.wait_for_everyone()
+        self._synced_step = self.state.global_step
+
     def _rollout(self, prompts: list[Prompt], trainer: Any) -> dict[str, Any]:
+        self._sync_rollout_weights()
         using = getattr(self.rollout_engine, "using", None)
         if using is None:
             samples = generate_for_prompts(self.rollout_engine, prompts, self.sampling)
@@ -141,13 +165,18 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         local = torch.tensor(result.matrix, dtype=torch.float32, device=device)
         names = self.composer.names
         counts = torch.tensor(
-            [[result.failures[n] for n in names], [result.masked.get(n, 0) for n in names]],
+            [
+                [result.failures[n] for n in names],
+                [result.masked.get(n, 0) for n in names],
+                [result.timeouts.get(n, 0) for n in names],
+            ],
             dtype=torch.float32,
             device=device,
         )
-        failures, masked = gather(counts.unsqueeze(0)).sum(dim=0).tolist()  # summed over processes
+        failures, masked, timeouts = gather(counts.unsqueeze(0)).sum(dim=0).tolist()  # summed over processes
         self._reward_failures = dict(zip(names, failures))
         self._reward_masked = dict(zip(names, masked))
+        self._reward_timeouts = dict(zip(names, timeouts))
         self._reward_matrix = gather(local)
         return self._reward_matrix
 
@@ -171,6 +200,7 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
             metrics[f"weights/{name}"].append(float(weight))
             metrics[f"rewards/{name}/failures"].append(float(self._reward_failures.get(name, 0)))
             metrics[f"rewards/{name}/masked"].append(float(self._reward_masked.get(name, 0)))
+            metrics[f"rewards/{name}/timeouts"].append(float(self._reward_timeouts.get(name, 0)))
         for key, value in composition.metrics.items():
             metrics[f"weighting/{key}"].append(float(value))
         if mode == "train":

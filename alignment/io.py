@@ -1,4 +1,9 @@
-"""Crash-safe file writing: atomic replace for whole files, fsynced appends for the metrics JSONL."""
+"""Crash-safe file writing: atomic replace for whole files, fsynced appends for the metrics JSONL.
+
+A write the operating system refuses (disk full, quota, read-only folder) raises `StorageError`, a
+`UserInputError` whose one-line message names the file and the OS error, so the CLI stops with that line
+instead of a traceback and nothing already on disk is touched.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,28 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from alignment.errors import UserInputError
+
+
+class StorageError(UserInputError):
+    """A run file could not be written (disk full, quota, permissions); the message names the file and why."""
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def os_error_text(err: OSError) -> str:
+    """One line for an OS error: ``[Errno 28] No space left on device`` (without the file name)."""
+    if err.errno is not None and err.strerror:
+        return f"[Errno {err.errno}] {err.strerror}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -28,17 +55,24 @@ def fsync_dir(path: str | Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same folder and os.replace: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise StorageError(f"{path}: cannot be written ({os_error_text(err)})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            detail = os_error_text(err)
+            raise StorageError(f"{path}: cannot be written ({detail}); the previous version is intact") from None
         raise
     fsync_dir(path.parent)
 
@@ -72,11 +106,22 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append `record` as one line; StorageError (naming the file and step) when the OS refuses the write.
+
+        A line that could only be written in part is cut off again, so the file keeps only whole lines.
+        """
         line = json.dumps(_json_safe(record), sort_keys=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            step = record.get("step", "?")
+            raise StorageError(f"{self.path}: cannot append step {step} ({os_error_text(err)})") from None
 
     def read(self) -> list[dict[str, Any]]:
         """Every complete line as a dict (a torn last line is skipped)."""

@@ -2,12 +2,15 @@
 
 Scoring (`score`) calls every component on a batch, turning a raised exception on a row, or a NaN/inf value,
 into NaN (not applicable) for that row and objective and counting it; a component that fails on every row
-stops with `RewardComponentError`. Objectives with a length condition (`masks`, BalCapRL arXiv 2605.07394,
-see `rewards.masking`) are then masked, so logs and every later step see the masked values; masked rows are
-counted per objective. Composition (`compose`) weights the matrix with the current weights of the weighting
-strategy and normalises it into advantages, applying the strategy's optional hooks (reward / advantage
-scale, or its own `combine`; see `rewards.weighting`); `update` hands the step's matrix (and context such as
-gradients or an evaluation point) to the strategy so it can set the next step's state.
+stops with `RewardComponentError`. With a per-call `timeout` (per objective, or the composer's default) each
+call runs in a daemon worker thread with that deadline; a call that hangs makes its rows NaN, counted as
+timeouts, and the hung thread is abandoned (it never blocks the process from exiting). Objectives with a
+length condition (`masks`, BalCapRL arXiv 2605.07394, see `rewards.masking`) are then masked, so logs and
+every later step see the masked values; masked rows are counted per objective. Composition (`compose`)
+weights the matrix with the current weights of the weighting strategy and normalises it into advantages,
+applying the strategy's optional hooks (reward / advantage scale, or its own `combine`; see
+`rewards.weighting`); `update` hands the step's matrix (and context such as gradients or an evaluation point)
+to the strategy so it can set the next step's state.
 
 Learner's order per step: `score` (per process) -> gather R[N, K] -> `compose(R, G)` -> `update(R, step=...)`
 (after `compose`; before or after the optimiser step is the same). If `wants_gradients(step)` is true, the
@@ -17,7 +20,9 @@ learner computes the per-objective policy gradients from `objective_advantages(R
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,24 +38,30 @@ from rewards.weighting import StaticWeights, WeightingStrategy
 
 Normalization = Literal["group", "batch", "none", "decoupled"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Objective:
-    """One named objective of the composition."""
+    """One named objective of the composition; `timeout` (seconds per component call, None = the composer's
+    default) bounds how long one call may take before its rows count as timed out."""
 
     name: str
     component: RewardComponent
+    timeout: float | None = None
 
 
 @dataclass
 class ScoreResult:
-    """Per-objective scores of a batch: matrix R[N, K] (NaN = not applicable, masks applied), failure counts,
-    seconds spent per objective, and per objective the number of rows its length condition replaced."""
+    """Per-objective scores of a batch: matrix R[N, K] (NaN = not applicable, masks applied), failure counts
+    (rows made NaN by an exception, a NaN/inf value or a timeout), of those the rows lost to a timeout, seconds
+    spent per objective, and per objective the number of rows its length condition replaced."""
 
     matrix: np.ndarray
     failures: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     masked: dict[str, int] = field(default_factory=dict)
+    timeouts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,15 +78,53 @@ class Composition:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class RewardTimeout(Exception):
+    """A component call did not return within its objective's timeout."""
+
+
 def _call_component(
-    component: RewardComponent, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, Sequence[Any]]
+    component: RewardComponent,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    columns: dict[str, Sequence[Any]],
+    timeout: float | None = None,
 ) -> list[float | None]:
-    values = component(list(prompts), list(completions), **columns)
+    """The component's values for one call, checked for shape; RewardTimeout when it exceeds `timeout` seconds."""
+    values = _with_deadline(lambda: component(list(prompts), list(completions), **columns), timeout, component)
     if not isinstance(values, list | tuple | np.ndarray):
         raise TypeError(f"returned {type(values).__name__}, expected a list of floats")
     if len(values) != len(completions):
         raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
     return list(values)
+
+
+def _with_deadline(call: Callable[[], Any], timeout: float | None, component: RewardComponent) -> Any:
+    """`call()` in a daemon worker thread, waiting at most `timeout` seconds (None: called directly).
+
+    On timeout the thread is abandoned: Python cannot stop a thread, but a daemon thread never keeps the
+    process alive. A call that holds the GIL for ever (a C extension that never releases it) cannot be
+    interrupted this way; calls that block, sleep or loop in Python can.
+    """
+    if timeout is None:
+        return call()
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    name = getattr(component, "name", type(component).__name__)
+    threading.Thread(target=run, name=f"reward-{name}", daemon=True).start()
+    if not done.wait(timeout):
+        raise RewardTimeout(f"no result within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _hook(strategy: Any, name: str, default: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,35 +162,79 @@ def _to_float(value: Any) -> float:
     return number if math.isfinite(number) else math.nan
 
 
-def _score_objective(
-    objective: Objective, prompts: Sequence[Any], completions: Sequence[Any], columns: Mapping[str, Sequence[Any]]
-) -> tuple[np.ndarray, int]:
-    """One objective's values [N] (NaN = not applicable or failed) and its failure count.
+@dataclass
+class _ObjectiveScores:
+    values: np.ndarray
+    failures: int
+    timeouts: int
 
-    A component that raises on the batch is retried row by row; rows that still raise become NaN. If every row
-    fails, RewardComponentError names the objective and the first error.
+
+def _score_objective(
+    objective: Objective,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    columns: Mapping[str, Sequence[Any]],
+    timeout: float | None = None,
+) -> _ObjectiveScores:
+    """One objective's values [N] (NaN = not applicable or failed), its failure count and, of those, timeouts.
+
+    A component that raises or times out on the batch is retried row by row (each call under the same
+    timeout); rows that still raise, return NaN/inf or time out become NaN. Once one row has timed out, the
+    remaining rows of the batch are not called again but counted as timed out, so a component that hangs
+    costs at most two timeouts per batch. If every row raised, RewardComponentError names the objective and
+    the first error (timeouts never stop the run).
     """
     try:
-        return _convert(_call_component(objective.component, prompts, completions, columns))
+        values, failed = _convert(_call_component(objective.component, prompts, completions, columns, timeout))
+        return _ObjectiveScores(values, failed, 0)
+    except RewardTimeout as err:
+        first_error: Exception = err
+        _warn_timeout(objective, len(completions), timeout)
     except Exception as batch_error:  # noqa: BLE001 - any component error becomes per-row NaN
-        first_error: Exception = batch_error
-    values, failed = [], 0
+        first_error = batch_error
+    values_list, raised, invalid, timeouts = [], 0, 0, 0
     for i in range(len(completions)):
+        if timeouts:
+            values_list.append(math.nan)
+            timeouts += 1
+            continue
         row_columns = {key: [col[i]] for key, col in columns.items()}
         try:
-            values.append(
-                _to_float(_call_component(objective.component, [prompts[i]], [completions[i]], row_columns)[0])
-            )
+            raw = _call_component(objective.component, [prompts[i]], [completions[i]], row_columns, timeout)[0]
+            value = _to_float(raw)
+            invalid += raw is not None and math.isnan(value)
+            values_list.append(value)
+        except RewardTimeout:
+            values_list.append(math.nan)
+            timeouts += 1
         except Exception as row_error:  # noqa: BLE001
-            values.append(math.nan)
-            failed += 1
+            values_list.append(math.nan)
+            raised += 1
             first_error = row_error
-    if completions and failed == len(completions):
+    if completions and raised == len(completions):
         raise RewardComponentError(
-            f"reward objective {objective.name!r} failed on all {failed} rows: "
+            f"reward objective {objective.name!r} failed on all {raised} rows: "
             f"{type(first_error).__name__}: {first_error}"
         ) from first_error
-    return np.asarray(values, dtype=np.float64), failed
+    return _ObjectiveScores(np.asarray(values_list, dtype=np.float64), raised + invalid + timeouts, timeouts)
+
+
+_warned_timeouts: set[str] = set()
+
+
+def _warn_timeout(objective: Objective, rows: int, timeout: float | None) -> None:
+    """Log (once per objective name) that a call timed out and its rows are retried one by one."""
+    if objective.name in _warned_timeouts:
+        return
+    _warned_timeouts.add(objective.name)
+    logger.warning(
+        "reward objective %r: a call on %d rows gave no result within %g s; retrying row by row, rows that time "
+        "out count as rewards/%s/timeouts (further timeouts are not logged)",
+        objective.name,
+        rows,
+        timeout,
+        objective.name,
+    )
 
 
 class RewardComposer:
@@ -153,6 +246,7 @@ class RewardComposer:
         weighting: WeightingStrategy,
         normalization: Normalization = "group",
         masks: Mapping[str, LengthCondition] | None = None,
+        timeout: float | None = None,
     ) -> None:
         if not objectives:
             raise RewardConfigError("a composer needs at least one objective")
@@ -167,6 +261,9 @@ class RewardComposer:
             raise RewardConfigError(
                 f"{len(objectives)} objectives ({', '.join(names)}) but {weighting.weights().size} weights"
             )
+        for name, seconds in [("timeout", timeout)] + [(f"{o.name}.timeout", o.timeout) for o in objectives]:
+            if seconds is not None and not (isinstance(seconds, int | float) and 0 < seconds < math.inf):
+                raise RewardConfigError(f"{name}: must be a positive number of seconds or None, got {seconds!r}")
         masks = dict(masks or {})
         for name, condition in masks.items():
             if name not in names:
@@ -177,6 +274,7 @@ class RewardComposer:
         self.weighting = weighting
         self.normalization: Normalization = normalization
         self.masks: dict[str, LengthCondition] = masks
+        self.timeout = timeout
 
     @classmethod
     def static(
@@ -194,32 +292,41 @@ class RewardComposer:
     def names(self) -> list[str]:
         return [o.name for o in self.objectives]
 
+    def timeout_of(self, index: int) -> float | None:
+        """Seconds one call of objective `index` may take: its own timeout, else the composer's (None = no limit)."""
+        own = self.objectives[index].timeout
+        return own if own is not None else self.timeout
+
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]) -> ScoreResult:
         """Score N completions with every objective: R[N, K] float64, NaN = not applicable or failed.
 
-        A component that raises on the batch is retried row by row; rows that still raise become NaN and are
-        counted in `failures`, as are NaN/inf values. If every row fails, RewardComponentError names the
-        objective and the first error. Length conditions are applied last (`apply_masks`).
+        A component that raises or times out on the batch is retried row by row; rows that still raise, time
+        out or give NaN/inf become NaN and are counted in `failures` (timeouts also in `timeouts`). If every row
+        raises, RewardComponentError names the objective and the first error. Length conditions are applied
+        last (`apply_masks`).
         """
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts for {n} completions")
         matrix = np.full((n, len(self.objectives)), np.nan, dtype=np.float64)
         failures: dict[str, int] = {}
+        timeouts: dict[str, int] = {}
         seconds: dict[str, float] = {}
         for k, objective in enumerate(self.objectives):
             start = time.perf_counter()
-            matrix[:, k], failures[objective.name] = _score_objective(objective, prompts, completions, columns)
+            scores = _score_objective(objective, prompts, completions, columns, self.timeout_of(k))
+            matrix[:, k] = scores.values
+            failures[objective.name], timeouts[objective.name] = scores.failures, scores.timeouts
             seconds[objective.name] = time.perf_counter() - start
         matrix, masked = self.apply_masks(matrix, completions, columns)
-        return ScoreResult(matrix=matrix, failures=failures, seconds=seconds, masked=masked)
+        return ScoreResult(matrix=matrix, failures=failures, seconds=seconds, masked=masked, timeouts=timeouts)
 
     def score_objective(
         self, index: int, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]
     ) -> np.ndarray:
         """Scores [N] of objective `index` alone, with the same failure handling and length condition as `score`."""
         objective = self.objectives[index]
-        values, _ = _score_objective(objective, prompts, completions, columns)
+        values = _score_objective(objective, prompts, completions, columns, self.timeout_of(index)).values
         if objective.name not in self.masks:
             return values
         masked, _ = apply_length_masks(values[:, None], [objective.name], self.masks, completions, columns)

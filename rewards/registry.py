@@ -1,7 +1,8 @@
 """Building reward components from names: registered built-ins or an explicit ``package.module:function``.
 
 Reward code runs only from these two sources: a name in `COMPONENTS`, or an import path the recipe spells
-out. Nothing in a recipe is ever passed to `eval`/`exec`.
+out. Nothing in a recipe is ever passed to `eval`/`exec`. A component built with ``trust_remote_code: true``
+(a reward model whose folder ships Python code) gets a warning that this code will run.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,6 +76,11 @@ def build_component(name: str, spec: str, args: dict[str, Any] | None = None, wh
     """
     args = dict(args or {})
     where = where or f"objective {name!r}"
+    if args.get("trust_remote_code") is True:
+        warnings.warn(
+            f"{where}: trust_remote_code is on: Python code shipped in the component's model folder will run",
+            stacklevel=2,
+        )
     if spec in COMPONENTS:
         factory = COMPONENTS[spec]
         try:

@@ -39,7 +39,7 @@ class RewardModelComponent:
                 str(folder), local_files_only=True, trust_remote_code=trust_remote_code
             )
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=trust_remote_code
+                str(folder), local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True
             ).to(device)
         except (OSError, ValueError) as err:
             raise RewardConfigError(f"cannot load reward model {str(folder)!r}: {str(err).splitlines()[0]}") from None

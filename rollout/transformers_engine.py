@@ -1,4 +1,8 @@
-"""The transformers engine: batched `generate` with left padding; the CPU default and the fallback engine."""
+"""The transformers engine: batched `generate` with left padding; the CPU default and the fallback engine.
+
+Inside a learner it shares the learner's model (nothing to sync). Behind the rollout server it holds its own
+copy and takes weight updates (`update_weights`: full weights by name; `load_adapter`: a PEFT LoRA adapter).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rollout.base import Prompt, Sample, SamplingParams
+from rollout.base import Prompt, PromptLimit, Sample, SamplingParams, Truncation
 
 
 def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
@@ -50,12 +54,29 @@ class TransformersEngine:
 
     name = "transformers"
 
-    def __init__(self, model: PreTrainedModel | Any, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel | Any,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 64,
+        *,
+        max_prompt_tokens: int | None = None,
+        prompt_truncation: Truncation = "left",
+    ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token before generating")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.prompt_limit = PromptLimit(max_prompt_tokens, prompt_truncation)
+        self.truncated_prompts = 0  # prompts cut from the left so far (each cut is also logged)
+        self._adapter_config: dict[str, Any] | None = None
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context window in tokens (max_position_embeddings), if it declares one."""
+        value = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return int(value) if isinstance(value, int) and value > 0 else None
 
     @contextlib.contextmanager
     def using(self, model: Any) -> Iterator[TransformersEngine]:
@@ -79,9 +100,11 @@ class TransformersEngine:
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Sample]]:
         """Sample `params.n` completions for each prompt; returns one list of samples per prompt, in order."""
+        prompt_ids = [tokenize_prompt(self.tokenizer, p) for p in prompts]
+        prompt_ids, truncated = self.prompt_limit.apply(prompt_ids, self.context_length, params.max_tokens)
+        self.truncated_prompts += truncated
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        prompt_ids = [tokenize_prompt(self.tokenizer, p) for p in prompts]
         per_chunk = max(1, self.batch_size // params.n)
         results: list[list[Sample]] = []
         was_training = self.model.training
@@ -140,3 +163,59 @@ class TransformersEngine:
                 )
             )
         return samples
+
+    # -- weight updates (when this engine holds its own copy, e.g. behind the rollout server) -----------------
+    @torch.no_grad()
+    def update_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy full weights (Hugging Face names; a subset is fine) into the model; drops any loaded adapter.
+
+        Raises ValueError naming unknown parameters or mismatched shapes before anything is changed.
+        """
+        if self._adapter_config is not None:
+            self.model = self.model.unload()  # back to the plain base model (LoRA layers removed, not merged)
+            self._adapter_config = None
+        params = dict(self.model.named_parameters())
+        # Tied weights (lm_head tied to the embeddings) appear once in named_parameters; accept both names.
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            params.setdefault(name, tensor)
+        unknown = sorted(set(tensors) - set(params))
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} unknown parameter name(s), e.g. {unknown[:3]}; expected names like "
+                f"{sorted(params)[:3]}"
+            )
+        bad = [(n, tuple(t.shape), tuple(params[n].shape)) for n, t in tensors.items() if t.shape != params[n].shape]
+        if bad:
+            name, got, want = bad[0]
+            raise ValueError(f"{len(bad)} shape mismatch(es), e.g. {name}: got {got}, the model has {want}")
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
+
+    def load_adapter(self, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+        """Generate from now on with the PEFT LoRA adapter `tensors` (keys as `get_peft_model_state_dict` gives
+        them) and `config` (the adapter's LoraConfig as a dict) on top of the current base weights.
+
+        The first adapter (or one with another config) wraps the model with PEFT; later ones only replace the
+        adapter tensors. Raises ValueError when the tensors do not match the adapter's parameters.
+        """
+        from peft import get_peft_config, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        if config != self._adapter_config:
+            try:
+                peft_config = get_peft_config(dict(config))
+            except (TypeError, ValueError, KeyError) as err:
+                raise ValueError(f"bad adapter config: {err}") from None
+            peft_config.inference_mode = True
+            base = self.model.unload() if self._adapter_config is not None else self.model
+            self.model = get_peft_model(base, peft_config)
+            self.model.eval()
+            self._adapter_config = dict(config)
+        expected = set(get_peft_model_state_dict(self.model))
+        missing, unknown = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        if missing or unknown:
+            self.model, self._adapter_config = self.model.unload(), None  # serve the plain base weights
+            raise ValueError(
+                f"adapter tensors do not match the adapter: {len(missing)} missing (e.g. {missing[:2]}), "
+                f"{len(unknown)} unknown (e.g. {unknown[:2]})"
+            )
+        set_peft_model_state_dict(self.model, tensors)

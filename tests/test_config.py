@@ -31,7 +31,7 @@ def test_quickstart_recipe_loads_and_resolves_builtins() -> None:
 def test_overrides_reach_nested_fields_and_list_items() -> None:
     recipe = load_recipe(
         REPO / "configs" / "quickstart.yaml",
-        ["train.max_steps=7", "rewards.objectives.1.weight=0.25", "rollout.stop=[\"\\n\\n\"]"],
+        ["train.max_steps=7", "rewards.objectives.1.weight=0.25", 'rollout.stop=["\\n\\n"]'],
     )
     assert recipe.train.max_steps == 7
     assert recipe.rewards.objectives[1].weight == 0.25

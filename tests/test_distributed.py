@@ -1,4 +1,5 @@
-"""Two CPU processes through the real `deepspeed` launcher: ZeRO-2 and ZeRO-3 + LoRA GRPO, checkpoints checked."""
+"""Two CPU processes through the real `deepspeed` launcher, checkpoints checked: GRPO under ZeRO-2 and ZeRO-3 +
+LoRA, SparsePO under ZeRO-2 + LoRA, DPO under ZeRO-3 with full fine-tuning (a partitioned reference model)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def launch_two_processes(recipe: Path, run: Path, cwd: Path) -> None:
+    """`deepspeed --num_gpus 2 --module alignment.cli train RECIPE --output-dir RUN`; fails the test on error."""
+    deepspeed = Path(sys.executable).with_name("deepspeed")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "alignment.cli"]
+    cmd += ["train", str(recipe), "--output-dir", str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("zero_config", ["zero2.json", "zero3.json"])
@@ -44,23 +55,7 @@ train: {{max_steps: 3, prompts_per_step: 2, num_generations: 4, save_steps: 2, b
 """
     )
     run = tmp_path / "run"
-    deepspeed = Path(sys.executable).with_name("deepspeed")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    cmd = [
-        str(deepspeed),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "--module",
-        "alignment.cli",
-        "train",
-        str(recipe),
-        "--output-dir",
-        str(run),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    launch_two_processes(recipe, run, tmp_path)
 
     checkpoints = complete_checkpoints(run)
     assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-3"]
@@ -73,3 +68,53 @@ train: {{max_steps: 3, prompts_per_step: 2, num_generations: 4, save_steps: 2, b
     assert weights and all("lora_" in key for key in weights)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3], "only rank 0 writes metrics, once per step"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    ("algorithm", "zero_config", "peft"),
+    [("sparsepo", "zero2.json", True), ("dpo", "zero3.json", False)],
+    ids=["sparsepo-zero2-lora", "dpo-zero3-full"],
+)
+def test_two_process_preference_learners(
+    tmp_path: Path, tiny_model_dir: Path, algorithm: str, zero_config: str, peft: bool
+) -> None:
+    topics = ("bread", "rivers", "bees", "snow", "trains", "tea", "owls", "glass")
+    rows = [
+        {"prompt": f"Question: Tell me about {t}.\nAnswer:", "chosen": f" {t} are nice.", "rejected": " No idea."}
+        for t in topics
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "dist.yaml"
+    recipe.write_text(
+        f"""
+algorithm: {algorithm}
+model: {{path: {tiny_model_dir}}}
+peft: {{enabled: {str(peft).lower()}}}
+data: {{train: {data}}}
+preference: {{beta: 0.2, max_length: 64}}
+train: {{max_steps: 3, pairs_per_step: 4, save_steps: 2, learning_rate: 1.0e-3,
+         deepspeed: {REPO / "configs" / zero_config}, report_to: [none], torch_threads: 1}}
+"""
+    )
+    run = tmp_path / "run"
+    launch_two_processes(recipe, run, tmp_path)
+    checkpoints = complete_checkpoints(run)
+    assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-3"]
+    final = checkpoints[-1]
+    assert len(list((final / "global_step3").glob("zero_pp_rank_*_optim_states.pt"))) == 2
+    if peft:
+        assert all("lora_" in key for key in load_file(str(final / "adapter_model.safetensors")))
+    else:
+        weights = load_file(str(final / "model.safetensors"))
+        assert "model.embed_tokens.weight" in weights and weights["model.embed_tokens.weight"].numel() > 0
+    if algorithm == "sparsepo":
+        head = load_file(str(final / "sparsepo_mask_head.safetensors"))
+        assert head and all(v.numel() > 0 for v in head.values())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3], "only rank 0 writes metrics, once per step"
+    assert all("rewards/accuracies" in r for r in records)
+    if algorithm == "sparsepo":
+        assert all(0.0 <= r["mask/sparsity"] <= 1.0 for r in records)

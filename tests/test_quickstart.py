@@ -22,8 +22,18 @@ def read_metrics(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_shortened_quickstart(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    code = main(["train", str(QUICKSTART), "--output-dir", str(run), "--set", "train.max_steps=3",
-                 "--set", "train.save_steps=2"])
+    code = main(
+        [
+            "train",
+            str(QUICKSTART),
+            "--output-dir",
+            str(run),
+            "--set",
+            "train.max_steps=3",
+            "--set",
+            "train.save_steps=2",
+        ]
+    )
     assert code == 0
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3]

@@ -1,0 +1,150 @@
+"""Iterative on-policy preference training: rounds of sample -> pairs -> DPO / RPO / SparsePO -> sync.
+
+Round r (1-based) in `RUN_DIR/round-r/`:
+
+1. sample: the current policy (base model + the adapter trained so far) generates `iterative.n` completions per
+   prompt with the rollout worker's transformers engine; the recipe's `rewards` composer scores them
+   (`alignment.sample.sample_pairs`). Written atomically: `samples.jsonl` (every sample with its per-objective
+   scores), `pairs.jsonl` (TRL rows: chosen = best, rejected = worst by the composite, ties skipped),
+   `sample_stats.json`.
+2. train: an ordinary preference run folder `round-r/train/` of `iterative.steps_per_round` steps on those pairs,
+   continuing the previous round's adapter (TRL then keeps a frozen copy of it as the reference, so each round is
+   regularised towards the policy that sampled its pairs).
+3. sync: the next round samples from the new adapter (the transformers engine loads it; nothing to push).
+
+`RUN_DIR/metrics.jsonl` gets one line per round (`step` = round): the samples' mean composite and per-objective
+scores (on-policy, before that round's training), pair counts, and the round's last training metrics. A round
+is finished once `round-r/ROUND_COMPLETE` exists; `--resume` skips finished rounds and resumes an unfinished
+round's training from its newest checkpoint (its pairs are reused when they were written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from alignment.checkpointing import latest_checkpoint
+from alignment.config import Recipe
+from alignment.errors import ConfigError, DataError
+from alignment.io import MetricsWriter, atomic_write_json, atomic_write_text
+
+ROUND_MARKER = "ROUND_COMPLETE"
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    from alignment.io import _json_safe
+
+    return "".join(json.dumps(_json_safe(row), ensure_ascii=False) + "\n" for row in rows)
+
+
+def round_recipe(recipe: Recipe, round_dir: Path, adapter: str | None, policy_path: str) -> Recipe:
+    """The preference run of one round: the round's pairs, the previous adapter (or weights), steps_per_round."""
+    return dataclasses.replace(
+        recipe,
+        output_dir=str(round_dir / "train"),
+        seed=recipe.seed,
+        model=dataclasses.replace(recipe.model, path=policy_path, adapter=adapter),
+        data=dataclasses.replace(recipe.data, train=str(round_dir / "pairs.jsonl"), max_rows=None),
+        iterative=dataclasses.replace(recipe.iterative, rounds=0),
+        train=dataclasses.replace(recipe.train, max_steps=recipe.iterative.steps_per_round),
+    )
+
+
+def _sample_round(recipe: Recipe, round_dir: Path, round_index: int, policy: Recipe, composer: Any) -> dict[str, Any]:
+    from alignment.data import load_prompts
+    from alignment.sample import sample_pairs
+    from alignment.train import _load_model_and_tokenizer
+
+    it = recipe.iterative
+    dataset = load_prompts(str(it.prompts), recipe.data.prompt_column, it.max_prompts)
+    prompts = list(dataset["prompt"])
+    columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
+    model, tokenizer = _load_model_and_tokenizer(policy)
+    model.eval()
+    params = recipe.rollout.sampling_params(seed=recipe.seed * 1000 + round_index)
+    samples, rows, stats = sample_pairs(
+        model, tokenizer, prompts, composer, it.n, params, it.pairs, columns=columns,
+        batch_size=recipe.rollout.batch_size,
+    )  # fmt: skip
+    if not rows:
+        raise DataError(
+            f"iterative round {round_index}: no preference pair could be built from {len(samples)} samples "
+            f"(every group tied: {stats['skipped']}); raise rollout.temperature or change the rewards"
+        )
+    round_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(round_dir / "samples.jsonl", _jsonl(samples))
+    atomic_write_json(round_dir / "sample_stats.json", stats)
+    atomic_write_text(round_dir / "pairs.jsonl", _jsonl(rows))  # written last: its presence means sampling finished
+    return stats
+
+
+def _last_train_metrics(train_dir: Path) -> dict[str, Any]:
+    path = train_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    records = MetricsWriter(path).read()
+    return {k: v for k, v in records[-1].items() if isinstance(v, int | float)} if records else {}
+
+
+def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> Any:
+    """Run `recipe.iterative.rounds` rounds (see the module docstring); returns a `RunResult`."""
+    import yaml
+
+    from alignment.train import CONFIG_FILE, METRICS_FILE, RunResult, build_composer, run_training, world_info
+
+    if world_info()[1] > 1:
+        raise ConfigError(
+            "iterative.rounds: iterative preference training runs in one process (its rounds launch their own "
+            "training); drop --num_procs / the deepspeed launcher"
+        )
+    composer = build_composer(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    writer = MetricsWriter(run_dir / METRICS_FILE)
+    policy_path, adapter = recipe.model.path, recipe.model.adapter
+    finished = 0
+    for r in range(1, recipe.iterative.rounds + 1):
+        marker = run_dir / f"round-{r}" / ROUND_MARKER
+        if not marker.is_file():
+            break
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        policy_path, adapter, finished = done["policy_path"], done["adapter"], r
+    if resume:
+        writer.truncate_after(finished)
+    for r in range(finished + 1, recipe.iterative.rounds + 1):
+        round_dir = run_dir / f"round-{r}"
+        policy = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, path=policy_path, adapter=adapter))
+        if (round_dir / "pairs.jsonl").is_file():
+            stats = json.loads((round_dir / "sample_stats.json").read_text(encoding="utf-8"))
+        else:
+            stats = _sample_round(recipe, round_dir, r, policy, composer)
+        sub = round_recipe(recipe, round_dir, adapter, policy_path)
+        train_dir = round_dir / "train"
+        result = run_training(sub, resume=latest_checkpoint(train_dir) is not None)
+        if result.final_checkpoint is None:
+            raise ConfigError(f"iterative round {r}: the training run wrote no checkpoint (train.save_steps)")
+        if recipe.peft.enabled or adapter is not None:
+            adapter = str(result.final_checkpoint)
+        else:
+            policy_path = str(result.final_checkpoint)  # full fine-tuning: the next round starts from these weights
+        record = {
+            "step": r,
+            "round": r,
+            "pairs": stats["pairs"],
+            "samples": stats["samples"],
+            "skipped": stats["skipped"],
+            "composite_reward": stats["mean_composite"],
+            "objectives": stats["mean_scores"],
+            "train": _last_train_metrics(train_dir),
+        }
+        writer.write(record)
+        atomic_write_json(round_dir / ROUND_MARKER, {"round": r, "policy_path": policy_path, "adapter": adapter})
+        print(
+            f"round {r}/{recipe.iterative.rounds}: {stats['pairs']} pairs, on-policy composite "
+            f"{stats['mean_composite']:.3f}, trained to {result.final_checkpoint}",
+            flush=True,
+        )
+    final = Path(adapter) if adapter is not None else Path(policy_path)
+    return RunResult(run_dir=run_dir, final_checkpoint=final, steps=recipe.iterative.rounds)
