@@ -1,0 +1,162 @@
+"""Picks the rollout engine from a recipe's `rollout` section.
+
+- `server_url` set: a `RemoteEngine` talking to `align serve-rollout` at that address (whatever engine the server
+  runs; a mismatch with `engine` is logged). Its weights are synced after each learner update.
+- `engine: vllm`: `vllm.LLM` in this process, synced after each update; when vllm cannot be imported this falls
+  back to the transformers engine with a warning that says why.
+- `engine: transformers` (default): generates with the learner's own model, so there is nothing to sync.
+
+Engines that hold their own copy of the policy get a `weight_sync` attribute (`rollout.weight_sync.WeightSync`,
+full weights or adapter only per `weight_sync: auto | full | adapter`), which the learner calls after updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from rollout.base import RolloutEngine
+from rollout.weight_sync import WeightSync, resolve_sync_mode
+
+logger = logging.getLogger("rollout")
+
+
+def vllm_import_error() -> str | None:
+    """None when `import vllm` works, else why it does not (exception type and message)."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - a broken install raises more than ImportError
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+    return None
+
+
+def warn_vllm_fallback(reason: str) -> None:
+    """The clear warning for `engine: vllm` without a usable vllm."""
+    message = (
+        f"rollout.engine is 'vllm' but vllm cannot be imported ({reason}); falling back to the transformers engine. "
+        "Install the extra on a GPU machine (pip install '.[vllm]') to use vLLM."
+    )
+    logger.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def build_engine(
+    settings: Any,
+    model: Any,
+    tokenizer: Any,
+    *,
+    model_path: str,
+    dtype: str = "auto",
+    peft_rank: int | None = None,
+    seed: int = 0,
+) -> RolloutEngine:
+    """The engine a recipe's rollout section asks for (see the module docstring).
+
+    `settings` has the fields of `alignment.config.RolloutConfig`; `model`/`tokenizer` are the learner's (used
+    by the transformers engine); `model_path` is what vLLM loads; `peft_rank` is the LoRA rank when the learner
+    trains an adapter (None: full fine-tuning), which decides what `weight_sync: auto` sends.
+    Raises ValueError for settings that cannot work together (e.g. adapter sync without PEFT).
+    """
+    uses_peft = peft_rank is not None
+    if settings.server_url:
+        from rollout.remote_engine import RemoteEngine
+
+        remote = RemoteEngine(
+            settings.server_url,
+            timeout_s=settings.request_timeout_s,
+            retries=settings.retries,
+            backoff_s=settings.retry_backoff_s,
+        )
+        served = remote.health().get("engine")
+        if served != settings.engine:
+            logger.warning(
+                "rollout.server_url %s runs the %s engine; rollout.engine says %s (the server's engine is used)",
+                remote.address,
+                served,
+                settings.engine,
+            )
+        remote.weight_sync = WeightSync(remote, resolve_sync_mode(settings.weight_sync, uses_peft), shared=True)
+        return remote
+    if settings.engine == "vllm":
+        reason = vllm_import_error()
+        if reason is None:
+            from rollout.vllm_engine import VLLMEngine
+
+            mode = resolve_sync_mode(settings.weight_sync, uses_peft)
+            engine = VLLMEngine(
+                model_path,
+                dtype=dtype,
+                gpu_memory_utilization=settings.gpu_memory_utilization,
+                enable_lora=mode == "adapter",
+                max_lora_rank=peft_rank or 16,
+                sleep_mode=settings.sleep_mode,
+                seed=seed,
+                max_prompt_tokens=settings.max_prompt_tokens,
+                prompt_truncation=settings.prompt_truncation,
+                llm_options=dict(settings.vllm_options),
+            )
+            engine.weight_sync = WeightSync(engine, mode, shared=False)
+            return engine
+        warn_vllm_fallback(reason)
+    from rollout.transformers_engine import TransformersEngine
+
+    return TransformersEngine(
+        model,
+        tokenizer,
+        batch_size=settings.batch_size,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        prompt_truncation=settings.prompt_truncation,
+    )
+
+
+def build_standalone_engine(
+    engine: str,
+    model_path: str,
+    *,
+    dtype: str | None = None,
+    batch_size: int = 64,
+    max_prompt_tokens: int | None = None,
+    prompt_truncation: str = "left",
+    gpu_memory_utilization: float = 0.9,
+    enable_lora: bool = False,
+    max_lora_rank: int = 16,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    vllm_options: dict[str, Any] | None = None,
+) -> RolloutEngine:
+    """An engine that owns its model (for `align serve-rollout` and `align sample`): transformers loads the
+    folder (a model, or a PEFT adapter on its base), vllm builds `vllm.LLM` (falling back to transformers with a
+    warning when vllm cannot be imported). `dtype` None: float32 for transformers, vLLM's "auto" for vllm.
+    Raises rollout.loading.ModelLoadError for a folder that cannot be loaded."""
+    if engine not in ("transformers", "vllm"):
+        raise ValueError(f"engine must be transformers or vllm, got {engine!r}")
+    if engine == "vllm":
+        reason = vllm_import_error()
+        if reason is None:
+            from rollout.vllm_engine import VLLMEngine
+
+            return VLLMEngine(
+                model_path,
+                dtype=dtype or "auto",
+                gpu_memory_utilization=gpu_memory_utilization,
+                enable_lora=enable_lora,
+                max_lora_rank=max_lora_rank,
+                seed=seed,
+                max_prompt_tokens=max_prompt_tokens,
+                prompt_truncation=prompt_truncation,  # type: ignore[arg-type]
+                llm_options=vllm_options,
+                trust_remote_code=trust_remote_code,
+            )
+        warn_vllm_fallback(reason)
+    from rollout.loading import load_policy
+    from rollout.transformers_engine import TransformersEngine
+
+    model, tokenizer = load_policy(model_path, dtype=dtype or "float32", trust_remote_code=trust_remote_code)
+    return TransformersEngine(
+        model,
+        tokenizer,
+        batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
+        prompt_truncation=prompt_truncation,  # type: ignore[arg-type]
+    )
