@@ -1,0 +1,344 @@
+"""`align sweep RECIPE.yaml --weights "0.2,0.8;0.5,0.5;0.8,0.2" [--strategies static,hypervolume,lagrangian]`.
+
+Trains one run per weighting / strategy of a recipe, one after the other in this process, each an ordinary
+run folder inside the sweep folder; evaluates each final checkpoint (with ``--intermediate`` every checkpoint
+and the initial policy) on a held-out prompt set (`alignment.evaluate`), and writes the Pareto report
+(`align pareto`) into ``SWEEP_DIR/report``.
+
+Which runs: the ``static`` strategy runs once per weighting of ``--weights`` (one weight per objective, in
+the recipe's order). Every other strategy runs once with the recipe's own weights, or, with ``--cross``, once
+per weighting (the lagrangian strategy always runs with all weights 1: its multipliers are the weights).
+Strategy options come from ``--strategy-options NAME=YAML-MAPPING``, else from the recipe when it already uses
+that strategy, else the strategy's defaults (lagrangian has none: its constraints must be given).
+
+The sweep folder::
+
+    SWEEP_DIR/
+      sweep.json            the plan: each run's name, strategy, weights, overrides and status
+      static-w0.2-0.8/      an ordinary run folder (config.yaml, metrics.jsonl, checkpoint-N/, eval/step-N.json)
+      hypervolume/ ...
+      report/               pareto.json, PNG plots, index.html
+
+``--resume`` continues a sweep that was stopped: finished runs are kept, a run that has a checkpoint resumes
+from it, and missing evaluations are made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignment.errors import ConfigError
+from alignment.evaluate import DEFAULT_SEED, add_eval_arguments, check_eval_arguments
+
+HELP = "train one run per weighting / strategy, evaluate each on held-out prompts, and write the Pareto report"
+
+STRATEGIES = ("static", "hypervolume", "gradient", "lagrangian")
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass
+class SweepRun:
+    """One run of a sweep: its folder name, strategy, weights (None = the recipe's) and recipe overrides."""
+
+    name: str
+    strategy: str
+    weights: list[float] | None
+    overrides: list[str] = field(default_factory=list)
+    status: str = "planned"
+
+
+def parse_weights(text: str, k: int, names: list[str] | None = None) -> list[list[float]]:
+    """``--weights "0.2,0.8;0.5,0.5"``: weightings separated by ';', K comma-separated finite numbers each.
+
+    ConfigError naming --weights for a wrong count, a non-number, a negative weight or an all-zero weighting.
+    """
+    import math
+
+    weightings = []
+    for i, part in enumerate(p for p in text.split(";") if p.strip()):
+        try:
+            values = [float(v) for v in part.split(",")]
+        except ValueError:
+            raise ConfigError(f"--weights: {part.strip()!r} is not a list of numbers (e.g. 0.2,0.8)") from None
+        if len(values) != k:
+            objectives = f" ({', '.join(names)})" if names else ""
+            raise ConfigError(
+                f"--weights: weighting {i + 1} ({part.strip()}) has {len(values)} values; the recipe has {k} "
+                f"objectives{objectives}"
+            )
+        if not all(math.isfinite(v) and v >= 0 for v in values) or not any(v > 0 for v in values):
+            raise ConfigError(f"--weights: weighting {i + 1} ({part.strip()}) must be finite, >= 0 and not all 0")
+        weightings.append(values)
+    if not weightings:
+        raise ConfigError(f"--weights: no weighting in {text!r}; separate weightings with ';', e.g. 0.2,0.8;0.8,0.2")
+    return weightings
+
+
+def parse_strategies(text: str) -> list[str]:
+    """``--strategies static,hypervolume``: known strategy names, no repeats (ConfigError otherwise)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise ConfigError(f"--strategies: {unknown or text!r} not known; choose from {', '.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--strategies: repeated strategy in {text!r}")
+    return names
+
+
+def parse_strategy_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--strategy-options NAME=MAPPING`` (YAML/JSON mapping, repeatable) -> {strategy: options}."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or name not in STRATEGIES:
+            raise ConfigError(
+                f"--strategy-options {item!r}: expected NAME={{...}} with NAME one of {', '.join(STRATEGIES)}"
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--strategy-options {name}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"--strategy-options {name}: expected a mapping such as {{eta: 0.1}}, got {raw!r}")
+        out[name] = value
+    return out
+
+
+def _weights_tag(weights: list[float]) -> str:
+    return "w" + "-".join(f"{w:g}" for w in weights)
+
+
+def plan_sweep(
+    base_weights: list[float],
+    base_strategy: str,
+    base_options: dict[str, Any],
+    weightings: list[list[float]],
+    strategies: list[str],
+    options: dict[str, dict[str, Any]] | None = None,
+    cross: bool = False,
+) -> list[SweepRun]:
+    """The runs of a sweep, in order, with the `--set` overrides that turn the base recipe into each.
+
+    static: one run per weighting. Other strategies: one run with `base_weights` (one per weighting with
+    `cross`); lagrangian always with all weights 1 (its multipliers are the weights) and once only. Options
+    per strategy: `options[strategy]`, else the base recipe's when it uses that strategy, else none.
+    """
+    options = options or {}
+    runs: list[SweepRun] = []
+    k = len(base_weights)
+    for strategy in strategies:
+        if strategy in options:
+            opts = options[strategy]
+        else:
+            opts = base_options if strategy == base_strategy else {}
+        if strategy == "lagrangian":
+            if "constraints" not in opts:
+                raise ConfigError(
+                    "--strategy-options: the lagrangian strategy needs its constraints, e.g. --strategy-options "
+                    "'lagrangian={base: relevance, constraints: [{objective: length, threshold: 0.8}]}'"
+                )
+            variants: list[list[float] | None] = [[1.0] * k]
+        elif strategy == "static" or cross:
+            variants = [list(w) for w in weightings]
+        else:
+            variants = [None]
+        for weights in variants:
+            if strategy == "static" or (cross and strategy != "lagrangian"):
+                name = f"{strategy}-{_weights_tag(weights or base_weights)}"
+            else:
+                name = strategy
+            overrides = [f"rewards.weighting.strategy={strategy}", f"rewards.weighting.options={json.dumps(opts)}"]
+            if weights is not None:
+                overrides += [f"rewards.objectives.{i}.weight={w!r}" for i, w in enumerate(weights)]
+            runs.append(SweepRun(name=name, strategy=strategy, weights=weights, overrides=overrides))
+    names = [r.name for r in runs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--weights: repeated weighting(s) give the same run twice: {repeated}")
+    return runs
+
+
+def _write_plan(sweep_dir: Path, recipe_path: str, runs: list[SweepRun], settings: dict[str, Any]) -> None:
+    from alignment.io import atomic_write_json
+
+    atomic_write_json(
+        sweep_dir / SWEEP_FILE,
+        {"recipe": recipe_path, "settings": settings, "runs": [asdict(r) for r in runs]},
+    )
+
+
+def _done(run_dir: Path, max_steps: int) -> bool:
+    from alignment.checkpointing import checkpoint_step, latest_checkpoint
+
+    final = latest_checkpoint(run_dir)
+    return final is not None and checkpoint_step(final) >= max_steps
+
+
+def run_sweep(
+    recipe_path: str,
+    weights: str,
+    strategies: str = "static",
+    *,
+    strategy_options: list[str] | None = None,
+    overrides: list[str] | None = None,
+    output_dir: str | None = None,
+    cross: bool = False,
+    resume: bool = False,
+    eval_data: str | None = None,
+    eval_prompts: int | None = None,
+    eval_samples: int = 4,
+    eval_seed: int = DEFAULT_SEED,
+    intermediate: bool = False,
+    report: bool = True,
+    log: Any = print,
+) -> Path:
+    """Train, evaluate and report every run of the sweep (see the module docstring); returns the sweep folder.
+
+    Every run's recipe is loaded and validated (and its composer built) before anything is trained or written.
+    """
+    from alignment.config import load_recipe
+    from alignment.evaluate import evaluate_run, resolve_eval_data
+    from alignment.train import build_composer, prepare_run_dir, run_training
+
+    base = load_recipe(recipe_path, list(overrides or []))
+    names = [o.name for o in base.rewards.objectives]
+    plan = plan_sweep(
+        [o.weight for o in base.rewards.objectives],
+        base.rewards.weighting.strategy,
+        dict(base.rewards.weighting.options),
+        parse_weights(weights, len(names), names),
+        parse_strategies(strategies),
+        parse_strategy_options(list(strategy_options or [])),
+        cross,
+    )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    sweep_dir = Path(output_dir) if output_dir else Path("runs") / f"sweep-{Path(recipe_path).stem}-{stamp}"
+    extra = ["train.save_total_limit=null"] if intermediate else []
+    recipes = []
+    for item in plan:
+        where = f"sweep run {item.name}"
+        try:
+            recipe = load_recipe(
+                recipe_path, [*(overrides or []), *item.overrides, *extra, f"output_dir={sweep_dir / item.name}"]
+            )
+            build_composer(recipe)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        resolved_eval = resolve_eval_data(recipe, eval_data)
+        if not resume:
+            prepare_run_dir(sweep_dir / item.name, recipe, resume=False)  # refuses a folder holding a run
+        recipes.append(recipe)
+    if not resume and (sweep_dir / SWEEP_FILE).exists():
+        raise ConfigError(f"--output-dir: {str(sweep_dir)!r} already holds a sweep; pass --resume to continue it")
+    settings = {
+        "weights": weights,
+        "strategies": strategies,
+        "cross": cross,
+        "overrides": list(overrides or []),
+        "eval_data": resolved_eval,
+        "eval_prompts": eval_prompts,
+        "eval_samples": eval_samples,
+        "eval_seed": eval_seed,
+        "intermediate": intermediate,
+    }
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
+    for index, (item, recipe) in enumerate(zip(plan, recipes), start=1):
+        run_dir = sweep_dir / item.name
+        weights_text = (
+            "recipe weights" if item.weights is None else ", ".join(f"{n}={w:g}" for n, w in zip(names, item.weights))
+        )
+        log(f"[{index}/{len(plan)}] {item.name}: {item.strategy} ({weights_text}) -> {run_dir}")
+        if _done(run_dir, recipe.train.max_steps):
+            log(f"[{index}/{len(plan)}] {item.name}: already trained")
+        else:
+            has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "config.yaml").exists()
+            item.status = "training"
+            _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
+            run_training(recipe, resume=resume and has_run)
+        item.status = "evaluating"
+        _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
+        evaluate_run(
+            run_dir,
+            resolved_eval,
+            max_prompts=eval_prompts,
+            samples=eval_samples,
+            seed=eval_seed,
+            intermediate=intermediate,
+            include_base=intermediate,
+            log=log,
+        )
+        item.status = "done"
+        _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
+    if report:
+        from alignment.pareto_report import build_report
+
+        data = build_report([sweep_dir / r.name for r in plan], sweep_dir / "report", log=log)
+        front = ", ".join(r["name"] for r in data["runs"] if r["final_on_front"])
+        log(f"front: {front}; hypervolume {data['hypervolume']:.6g}")
+        log(f"report: {sweep_dir / 'report' / 'index.html'}")
+    return sweep_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`align sweep RECIPE --weights ... [--strategies ...] [--strategy-options NAME=MAP] [--set k=v] ...`."""
+    parser.add_argument("recipe", help="the base recipe (YAML), e.g. configs/quickstart.yaml")
+    parser.add_argument(
+        "--weights", required=True, help='weightings, one weight per objective: "0.2,0.8;0.5,0.5;0.8,0.2"'
+    )
+    parser.add_argument(
+        "--strategies", default="static", help=f"comma-separated, from {', '.join(STRATEGIES)} (default static)"
+    )
+    parser.add_argument(
+        "--strategy-options",
+        action="append",
+        default=[],
+        metavar="NAME=MAPPING",
+        help="options of one strategy, e.g. 'lagrangian={base: relevance, constraints: [{objective: length, "
+        "threshold: 0.8}]}' (repeatable)",
+    )
+    parser.add_argument("--cross", action="store_true", help="run every non-static strategy with every weighting")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of every run's recipe, e.g. --set train.max_steps=30 (repeatable)",
+    )
+    parser.add_argument("--output-dir", default=None, help="sweep folder (default runs/sweep-<recipe>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue a stopped sweep in --output-dir")
+    add_eval_arguments(parser)
+    parser.add_argument("--no-report", action="store_true", help="do not write SWEEP_DIR/report")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep; exit code 0."""
+    check_eval_arguments(args)
+    if args.resume and not args.output_dir:
+        raise ConfigError("--resume: name the sweep folder to continue with --output-dir")
+    run_sweep(
+        args.recipe,
+        args.weights,
+        args.strategies,
+        strategy_options=args.strategy_options,
+        overrides=args.overrides,
+        output_dir=args.output_dir,
+        cross=args.cross,
+        resume=args.resume,
+        eval_data=args.eval_data,
+        eval_prompts=args.eval_prompts,
+        eval_samples=args.eval_samples,
+        eval_seed=args.eval_seed,
+        intermediate=args.intermediate,
+        report=not args.no_report,
+    )
+    return 0
