@@ -55,7 +55,10 @@ def _load_sentence_transformer(model_path: str) -> Any:
     """Load a SentenceTransformer from a local directory on CPU, once per process and path."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(model_path, device="cpu")
+    from rewards.loading import whole_model_loading
+
+    with whole_model_loading():  # never ZeRO-3-partitioned, also when first scored inside a ZeRO-3 run
+        model = SentenceTransformer(model_path, device="cpu")
     model.eval()
     return model
 

@@ -34,13 +34,16 @@ class RewardModelComponent:
         folder = Path(path).expanduser()
         if not (folder / "config.json").is_file():
             raise RewardConfigError(f"reward model path {str(folder)!r} is not a model directory (no config.json)")
+        from rewards.loading import whole_model_loading
+
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=trust_remote_code
-            )
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True
-            ).to(device)
+            with whole_model_loading():  # a scoring model: whole on every process, also inside a ZeRO-3 run
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    str(folder), local_files_only=True, trust_remote_code=trust_remote_code
+                )
+                self.model = AutoModelForSequenceClassification.from_pretrained(
+                    str(folder), local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True
+                ).to(device)
         except (OSError, ValueError) as err:
             raise RewardConfigError(f"cannot load reward model {str(folder)!r}: {str(err).splitlines()[0]}") from None
         if self.tokenizer.pad_token is None:

@@ -41,6 +41,8 @@ def test_two_process_zero_lora_grpo(tmp_path: Path, tiny_model_dir: Path, zero_c
     data = tmp_path / "prompts.jsonl"
     rows = [{"prompt": f"Question: Tell me about {t}.\nAnswer:"} for t in ("bread", "rivers", "bees", "snow")]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Under ZeRO-3 a scoring model loaded mid-run (the R^3 retriever) must stay whole, not be partitioned.
+    relevance = "\n    - {name: relevance, component: r3.qr}" if zero_config == "zero3.json" else ""
     recipe = tmp_path / "dist.yaml"
     recipe.write_text(
         f"""
@@ -49,7 +51,7 @@ data: {{train: {data}}}
 rollout: {{max_new_tokens: 8}}
 rewards:
   objectives:
-    - {{name: length, component: length, args: {{unit: words, mode: target, target: 4}}}}
+    - {{name: length, component: length, args: {{unit: words, mode: target, target: 4}}}}{relevance}
 train: {{max_steps: 3, prompts_per_step: 2, num_generations: 4, save_steps: 2, beta: 0.04,
          deepspeed: {REPO / "configs" / zero_config}, report_to: [none], torch_threads: 1}}
 """
