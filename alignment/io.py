@@ -89,6 +89,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def atomic_write_jsonl(path: str | Path, rows: Any) -> None:
+    """Write rows as JSON lines (NaN/inf as null, UTF-8 kept) atomically, like `atomic_write_text`."""
+    atomic_write_text(path, "".join(json.dumps(_json_safe(row), ensure_ascii=False) + "\n" for row in rows))
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Atomically write `data` as indented JSON (NaN/inf become null)."""
     atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")

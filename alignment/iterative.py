@@ -28,15 +28,9 @@ from typing import Any
 from alignment.checkpointing import latest_checkpoint
 from alignment.config import Recipe
 from alignment.errors import ConfigError, DataError
-from alignment.io import MetricsWriter, atomic_write_json, atomic_write_text
+from alignment.io import MetricsWriter, atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 ROUND_MARKER = "ROUND_COMPLETE"
-
-
-def _jsonl(rows: list[dict[str, Any]]) -> str:
-    from alignment.io import _json_safe
-
-    return "".join(json.dumps(_json_safe(row), ensure_ascii=False) + "\n" for row in rows)
 
 
 def round_recipe(recipe: Recipe, round_dir: Path, adapter: str | None, policy_path: str) -> Recipe:
@@ -74,9 +68,9 @@ def _sample_round(recipe: Recipe, round_dir: Path, round_index: int, policy: Rec
             f"(every group tied: {stats['skipped']}); raise rollout.temperature or change the rewards"
         )
     round_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(round_dir / "samples.jsonl", _jsonl(samples))
+    atomic_write_jsonl(round_dir / "samples.jsonl", samples)
     atomic_write_json(round_dir / "sample_stats.json", stats)
-    atomic_write_text(round_dir / "pairs.jsonl", _jsonl(rows))  # written last: its presence means sampling finished
+    atomic_write_jsonl(round_dir / "pairs.jsonl", rows)  # written last: its presence means sampling finished
     return stats
 
 

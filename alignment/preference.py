@@ -199,7 +199,7 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         model_kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
 
         if self.algorithm == "sparsepo":
-            loss, policy_token_logps, ref_token_logps = self._sparsepo(model, model_kwargs, labels, shift_mask, mode)
+            loss = self._sparsepo(model, model_kwargs, labels, shift_mask, mode)
         else:
             # Sequence log-probs from TRL's fused head: no [B, L, V] logits are built.
             outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
@@ -208,18 +208,15 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
                 ref_outputs = self._reference_model()(**model_kwargs, labels=labels, fused_lm_head=True)
             ref_token_logps = ref_outputs.log_probs[:, -seq_len:]
             loss = self._dpo_or_rpo(policy_token_logps, ref_token_logps, shift_mask, mode)
-
-        self._log_pair_metrics(policy_token_logps, ref_token_logps, shift_mask, mode)
         return (loss, {}) if return_outputs else loss
 
     def _dpo_or_rpo(
         self, policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, shift_mask: torch.Tensor, mode: str
     ) -> torch.Tensor:
         s = self.settings
-        policy = masked_sum(policy_token_logps, shift_mask)
-        ref = masked_sum(ref_token_logps, shift_mask)
-        pc, pr = policy.chunk(2)
-        rc, rr = ref.chunk(2)
+        pc, pr = masked_sum(policy_token_logps, shift_mask).chunk(2)
+        rc, rr = masked_sum(ref_token_logps, shift_mask).chunk(2)
+        self._log_pair_metrics(pc, pr, rc, rr, mode)
         if self.algorithm == "dpo":
             return dpo_loss(pc, pr, rc, rr, s.beta, s.label_smoothing).losses.mean()
         chosen_token_logps, _ = policy_token_logps.chunk(2)
@@ -231,7 +228,7 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
 
     def _sparsepo(
         self, model: Any, model_kwargs: dict[str, Any], labels: torch.Tensor, shift_mask: torch.Tensor, mode: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         s = self.settings
         shift_labels = labels[:, 1:]
         logits = model(**model_kwargs).logits[:, :-1]
@@ -258,6 +255,7 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         pw, pl = policy_token_logps.chunk(2)
         rw, rl = ref_token_logps.chunk(2)
         mw, ml = shift_mask.chunk(2)
+        self._log_pair_metrics(masked_sum(pw, mw), masked_sum(pl, ml), masked_sum(rw, mw), masked_sum(rl, ml), mode)
         mu_w, mu_l = mu.chunk(2)
         md_w, md_l = md.chunk(2) if md is not None else (None, None)
         kl_w, kl_l = kl.chunk(2) if kl is not None else (None, None)
@@ -271,7 +269,7 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         self._log_mask(mode, "mask/", mu, shift_mask)
         if md is not None:
             self._log_mask(mode, "mask/kl_", md, shift_mask)
-        return out.losses.mean(), policy_token_logps, ref_token_logps
+        return out.losses.mean()
 
     # --- metrics ----------------------------------------------------------------------------------------------
     def _log_mean(self, mode: str, key: str, values: torch.Tensor) -> None:
@@ -288,13 +286,11 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         self._metrics[mode][f"{name}mean"].append(total / n)
 
     def _log_pair_metrics(
-        self, policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, shift_mask: torch.Tensor, mode: str
+        self, pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, mode: str
     ) -> None:
+        """TRL's pair metrics from the sequence log-probs [B] of policy/reference on chosen/rejected, summed over completion tokens."""
         beta = self.settings.beta
-        policy = masked_sum(policy_token_logps.detach(), shift_mask)
-        ref = masked_sum(ref_token_logps.detach(), shift_mask)
-        pc, pr = policy.chunk(2)
-        rc, rr = ref.chunk(2)
+        pc, pr, rc, rr = pc.detach(), pr.detach(), rc.detach(), rr.detach()
         chosen_rewards, rejected_rewards = beta * (pc - rc), beta * (pr - rr)
         self._log_mean(mode, "rewards/chosen", chosen_rewards)
         self._log_mean(mode, "rewards/rejected", rejected_rewards)

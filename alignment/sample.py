@@ -17,7 +17,6 @@ composer's weighted sum of its objectives (the `rewards` section's weights). Row
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import Counter
@@ -294,12 +293,6 @@ def sample_pairs(
     return samples, rows, stats
 
 
-def _jsonl(rows: Sequence[dict[str, Any]]) -> str:
-    from alignment.io import _json_safe
-
-    return "".join(json.dumps(_json_safe(row), ensure_ascii=False) + "\n" for row in rows)
-
-
 def _samples_path(out: Path, samples_out: str | None) -> Path:
     if samples_out:
         return Path(samples_out)
@@ -348,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     from alignment.config import resolve_path
     from alignment.data import load_prompts
     from alignment.eval_rm import composer_from_spec
-    from alignment.io import atomic_write_json, atomic_write_text
+    from alignment.io import atomic_write_json, atomic_write_jsonl
     from rollout.base import PromptTooLongError, RolloutServerError, SamplingParams
 
     composer = composer_from_spec(args.reward)
@@ -375,8 +368,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--server-url: {err}") from None
     out = Path(args.out)
     samples_out = _samples_path(out, args.samples_out)
-    atomic_write_text(samples_out, _jsonl(samples))
-    atomic_write_text(out, _jsonl(pair_rows))
+    atomic_write_jsonl(samples_out, samples)
+    atomic_write_jsonl(out, pair_rows)
     stats_out = out.with_name(f"{out.name[: -len('.jsonl')] if out.name.endswith('.jsonl') else out.name}.stats.json")
     stats.update({"model": args.model, "server_url": args.server_url, "reward": args.reward, "n": args.n})
     atomic_write_json(stats_out, stats)

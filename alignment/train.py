@@ -206,10 +206,28 @@ def _zero_stage(path: str) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
-def _shared_trainer_args(recipe: Recipe) -> dict[str, Any]:
+def _per_device_batch(total: int, what: str, world_size: int, accumulation: int) -> int:
+    """Per-process micro-batch of `total` items per optimiser step; ConfigError when it does not divide evenly."""
+    if total % (world_size * accumulation) != 0:
+        raise ConfigError(
+            f"train: {what} = {total} per step must divide evenly over {world_size} processes x {accumulation} "
+            "accumulation steps"
+        )
+    return total // (world_size * accumulation)
+
+
+def _shared_trainer_args(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     """TrainingArguments every learner sets the same way from the recipe's `train` and `model` sections."""
     t = recipe.train
     return {
+        "output_dir": str(run_dir),
+        "seed": recipe.seed,
+        "data_seed": recipe.seed,
+        "max_steps": t.max_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler_type,
+        "warmup_steps": t.warmup_steps,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "max_grad_norm": t.max_grad_norm,
         "logging_steps": t.logging_steps,
         "save_strategy": "steps",
@@ -230,12 +248,12 @@ def _grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
     from trl import GRPOConfig
 
     t = recipe.train
-    completions = t.prompts_per_step * t.num_generations
-    if completions % (world_size * t.gradient_accumulation_steps) != 0:
-        raise ConfigError(
-            f"train: prompts_per_step x num_generations = {completions} completions per step must divide evenly "
-            f"over {world_size} processes x {t.gradient_accumulation_steps} accumulation steps"
-        )
+    per_device = _per_device_batch(
+        t.prompts_per_step * t.num_generations,
+        "prompts_per_step x num_generations completions",
+        world_size,
+        t.gradient_accumulation_steps,
+    )
     if recipe.rewards.weighting.strategy == "gradient" and t.deepspeed is not None:
         stage = _zero_stage(t.deepspeed)
         if stage == 3:
@@ -244,15 +262,7 @@ def _grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
                 "partitioned parameters do not give; use configs/zero2.json"
             )
     return GRPOConfig(
-        output_dir=str(run_dir),
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        max_steps=t.max_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        per_device_train_batch_size=completions // (world_size * t.gradient_accumulation_steps),
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        per_device_train_batch_size=per_device,
         num_generations=t.num_generations,
         max_completion_length=recipe.rollout.max_new_tokens,
         temperature=recipe.rollout.temperature,
@@ -263,7 +273,7 @@ def _grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
         epsilon_high=t.epsilon_high,
         loss_type=t.loss_type,
         reward_weights=[o.weight for o in recipe.rewards.objectives],
-        **_shared_trainer_args(recipe),
+        **_shared_trainer_args(recipe, run_dir),
         log_completions=False,
     )
 
@@ -370,25 +380,14 @@ def _preference_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
     from trl import DPOConfig
 
     t, p = recipe.train, recipe.preference
-    if t.pairs_per_step % (world_size * t.gradient_accumulation_steps) != 0:
-        raise ConfigError(
-            f"train.pairs_per_step: {t.pairs_per_step} pairs per step must divide evenly over {world_size} processes "
-            f"x {t.gradient_accumulation_steps} accumulation steps"
-        )
     return DPOConfig(
-        output_dir=str(run_dir),
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        max_steps=t.max_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps,
-        per_device_train_batch_size=t.pairs_per_step // (world_size * t.gradient_accumulation_steps),
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        per_device_train_batch_size=_per_device_batch(
+            t.pairs_per_step, "pairs_per_step", world_size, t.gradient_accumulation_steps
+        ),
         beta=p.beta,
         max_length=p.max_length,
         precompute_ref_log_probs=False,
-        **_shared_trainer_args(recipe),
+        **_shared_trainer_args(recipe, run_dir),
     )
 
 
