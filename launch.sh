@@ -5,6 +5,7 @@
 #   bash launch.sh RECIPE.yaml [--set k=v ...] [--num_procs N] [--resume] [--output-dir DIR]
 #                                           run any recipe; N > 1 goes through the deepspeed launcher
 #   bash launch.sh align ARGS...            any other `align` command inside the environment
+#   bash launch.sh setup                    only create / update .venv (nothing runs)
 # Environment: ALIGN_VENV (default .venv), ALIGN_PYTHON (interpreter for the venv), ALIGN_TORCH (torch spec).
 set -euo pipefail
 
@@ -63,6 +64,22 @@ setup() {
   log "environment ready"
 }
 
+install_browser() {
+  # The HTML report's browser test needs headless Chromium and its driver (Debian's chromium, chromium-driver).
+  if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+    return
+  fi
+  if ! command -v apt-get >/dev/null 2>&1 || [[ "$(id -u)" != 0 ]]; then
+    log "headless Chromium is missing and cannot be installed here (needs apt-get as root); its browser test will skip"
+    return
+  fi
+  log "installing headless Chromium for the report's browser test (apt-get install chromium chromium-driver)"
+  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -qq -o=Dpkg::Use-Pty=0)
+  "${apt[@]}" install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+    || { "${apt[@]}" update >/dev/null 2>&1 && "${apt[@]}" install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1; } \
+    || log "apt-get could not install chromium chromium-driver; the browser test will skip"
+}
+
 run_recipe() {
   local recipe="$1"; shift
   local num_procs=1 args=()
@@ -94,6 +111,7 @@ case "$cmd" in
     ;;
   test)
     setup
+    install_browser
     shift
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
@@ -111,7 +129,7 @@ case "$cmd" in
     run_recipe "$cmd" "$@"
     ;;
   -h|--help|help)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "launch.sh: error: unknown command '$cmd'; use: (nothing) | test | RECIPE.yaml | align ... | setup" >&2

@@ -37,7 +37,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,8 +87,9 @@ def summary(times: dict[str, list[float]]) -> dict[str, Any]:
 def bench_grpo(workdir: Path, steps: int, rounds: int) -> dict[str, Any]:
     from trl import GRPOTrainer
 
-    from alignment.config import load_recipe
-    from alignment.train import _grpo_setup, _peft_config, build_composer
+    from alignment.learners.factory import build_composer, peft_config
+    from alignment.learners.trainer_setup import grpo_setup
+    from alignment.recipes.recipe import load_recipe
 
     recipe_path = workdir / "grpo.yaml"
     recipe_path.write_text(
@@ -111,7 +111,7 @@ train: {max_steps: 1, prompts_per_step: 4, num_generations: 8, beta: 0.04, save_
     recipe = load_recipe(recipe_path)
     recipe.output_dir = str(workdir / "ours")
     ours_timer, trl_timer = step_timer(), step_timer()
-    ours = _grpo_setup(recipe, workdir / "ours", 1).build([ours_timer])
+    ours = grpo_setup(recipe, workdir / "ours", 1).build([ours_timer])
 
     composer = build_composer(recipe)
     functions = []
@@ -123,17 +123,18 @@ train: {max_steps: 1, prompts_per_step: 4, num_generations: 8, beta: 0.04, save_
 
         reward.__name__ = objective.name
         functions.append(reward)
-    from alignment.data import load_prompts
-    from alignment.train import _grpo_args, _load_model_and_tokenizer
+    from alignment.learners.factory import load_model_and_tokenizer
+    from alignment.learners.trainer_args import grpo_args
+    from alignment.recipes.prompt_data import load_prompts
 
-    model, tokenizer = _load_model_and_tokenizer(recipe)
+    model, tokenizer = load_model_and_tokenizer(recipe)
     trl = GRPOTrainer(
         model=model,
         reward_funcs=functions,
-        args=_grpo_args(recipe, workdir / "trl", 1),
+        args=grpo_args(recipe, workdir / "trl", 1),
         train_dataset=load_prompts(recipe.data.train),
         processing_class=tokenizer,
-        peft_config=_peft_config(recipe, model),
+        peft_config=peft_config(recipe, model),
         callbacks=[trl_timer],
     )
     times = run_rounds({"ours": ours, "trl": trl}, {"ours": ours_timer, "trl": trl_timer}, steps, rounds)
@@ -144,10 +145,11 @@ def bench_dpo(workdir: Path, steps: int, rounds: int) -> dict[str, Any]:
     from datasets import Dataset
     from trl import DPOTrainer
 
-    from alignment.config import load_recipe
-    from alignment.preference import PreferenceTrainer
-    from alignment.preference_data import read_preference_rows
-    from alignment.train import _load_model_and_tokenizer, _peft_config, _preference_args
+    from alignment.learners.factory import load_model_and_tokenizer, peft_config
+    from alignment.learners.preference import PreferenceTrainer
+    from alignment.learners.trainer_args import preference_args
+    from alignment.recipes.preference_data import read_preference_rows
+    from alignment.recipes.recipe import load_recipe
 
     recipe_path = workdir / "dpo.yaml"
     recipe_path.write_text(
@@ -167,14 +169,14 @@ train: {max_steps: 1, pairs_per_step: 8, save_steps: 100000, report_to: [none], 
     timers = {"ours": step_timer(), "trl": step_timer()}
     trainers = {}
     for name in ("ours", "trl"):
-        model, tokenizer = _load_model_and_tokenizer(recipe)
+        model, tokenizer = load_model_and_tokenizer(recipe)
         tokenizer.padding_side = "right"
         common = {
             "model": model,
-            "args": _preference_args(recipe, workdir / name, 1),
+            "args": preference_args(recipe, workdir / name, 1),
             "train_dataset": data,
             "processing_class": tokenizer,
-            "peft_config": _peft_config(recipe, model),
+            "peft_config": peft_config(recipe, model),
             "callbacks": [timers[name]],
         }
         if name == "ours":

@@ -124,21 +124,16 @@ def cli_wall(sweep: Path, out: Path, repeats: int) -> tuple[list[float], str]:
 
 def breakdown(sweep: Path, out: Path) -> dict[str, float]:
     """In-process seconds of the report's stages (after imports)."""
-    from alignment.pareto_report import (
-        _unique_names,
-        analyse,
-        choose_objectives,
-        discover_runs,
-        load_run,
-        report_data,
-    )  # fmt: skip
-    from alignment.report_html import render_html
-    from alignment.report_plots import make_plots
+    from alignment.reports.analysis import analyse, choose_objectives
+    from alignment.reports.html import render_html
+    from alignment.reports.pareto_report import report_data
+    from alignment.reports.plots import make_plots
+    from alignment.reports.runs import discover_runs, load_run, unique_names  # fmt: skip
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     folders, skipped = discover_runs([sweep])
-    runs = [load_run(f, n) for f, n in zip(folders, _unique_names(folders))]
+    runs = [load_run(f, n) for f, n in zip(folders, unique_names(folders))]
     t1 = time.perf_counter()
     objectives, _ = choose_objectives(runs, None)
     analysis = analyse(runs, objectives, [], None, skipped)

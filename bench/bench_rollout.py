@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alignment.config import ASSETS_DIR  # noqa: E402
+from alignment.recipes.paths import ASSETS_DIR  # noqa: E402
 from rollout.base import SamplingParams  # noqa: E402
 from rollout.factory import vllm_import_error  # noqa: E402
 from rollout.loading import load_policy  # noqa: E402

@@ -31,7 +31,7 @@ SHORT = {
 
 
 def run_one(algorithm: str, stage: int, peft: bool, workdir: Path) -> dict[str, object]:
-    from alignment.checkpointing import latest_checkpoint
+    from alignment.learners.checkpointing import latest_checkpoint
 
     run = workdir / f"{algorithm}-zero{stage}-{'lora' if peft else 'full'}"
     overrides = [

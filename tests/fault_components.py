@@ -153,7 +153,6 @@ def cli_env() -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "TRL_EXPERIMENTAL_SILENCE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
 
@@ -174,7 +173,7 @@ def check_checkpoints(run_dir: Path) -> list[Path]:
     """
     from safetensors.torch import load_file
 
-    from alignment.checkpointing import COMPLETE_MARKER, checkpoint_step, complete_checkpoints
+    from alignment.learners.checkpointing import COMPLETE_MARKER, checkpoint_step, complete_checkpoints
 
     folders = sorted((p for p in run_dir.glob("checkpoint-*") if p.is_dir()), key=checkpoint_step)
     assert folders == complete_checkpoints(run_dir), f"incomplete checkpoint folders in {run_dir}: {folders}"

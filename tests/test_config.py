@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from alignment.config import Recipe, load_recipe
-from alignment.config_loader import apply_overrides, load_dataclass
 from alignment.errors import ConfigError
+from alignment.recipes.loader import apply_overrides, load_dataclass
+from alignment.recipes.recipe import Recipe, load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from alignment.checkpointing import COMPLETE_MARKER, checkpoint_step, complete_checkpoints, latest_checkpoint
-from alignment.data import load_prompts
 from alignment.errors import DataError
 from alignment.io import MetricsWriter, atomic_write_json, atomic_write_text
+from alignment.learners.checkpointing import COMPLETE_MARKER, checkpoint_step, complete_checkpoints, latest_checkpoint
+from alignment.recipes.prompt_data import load_prompts
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

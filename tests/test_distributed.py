@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from alignment.checkpointing import COMPLETE_MARKER, complete_checkpoints
+from alignment.learners.checkpointing import COMPLETE_MARKER, complete_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def free_port() -> int:
 def launch_two_processes(recipe: Path, run: Path, cwd: Path) -> None:
     """`deepspeed --num_gpus 2 --module alignment.cli train RECIPE --output-dir RUN`; fails the test on error."""
     deepspeed = Path(sys.executable).with_name("deepspeed")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "alignment.cli"]
     cmd += ["train", str(recipe), "--output-dir", str(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=cwd)

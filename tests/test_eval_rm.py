@@ -10,7 +10,8 @@ import pytest
 
 from alignment.cli import main
 from alignment.errors import DataError
-from alignment.eval_rm import composer_from_spec, evaluate_pairs, load_preference_pairs, pairwise_stats, wilson_interval
+from alignment.learners.factory import composer_from_spec
+from alignment.reports.reward_eval import evaluate_pairs, load_preference_pairs, pairwise_stats, wilson_interval
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -133,7 +134,7 @@ def test_int8_retriever_keeps_fp32_pairwise_accuracy_on_bundled_pairs() -> None:
     What holds everywhere: scores within 0.08 of fp32, only near-ties (|fp32 margin| < 0.05) change order,
     and so accuracy moves by at most the share of such pairs that flip (bound 0.05, 5 of 96 pairs).
     """
-    from alignment.config import ASSETS_DIR
+    from alignment.recipes.paths import ASSETS_DIR
     from rewards.r3 import QueryRelevance
 
     pairs = load_preference_pairs(ASSETS_DIR / "preference_pairs.jsonl")

@@ -30,12 +30,12 @@ from fault_components import (
     write_tiny_recipe,
 )
 
-from alignment.checkpointing import COMPLETE_MARKER, complete_checkpoints, is_complete, remove_checkpoint
 from alignment.cli import main
-from alignment.config import load_recipe
 from alignment.errors import ConfigError
 from alignment.io import MetricsWriter, StorageError, atomic_write_text
-from alignment.train import build_composer
+from alignment.learners.checkpointing import COMPLETE_MARKER, complete_checkpoints, is_complete, remove_checkpoint
+from alignment.learners.factory import build_composer
+from alignment.recipes.recipe import load_recipe
 from rewards.composer import Objective, RewardComposer
 from rewards.errors import RewardComponentError, RewardConfigError
 from rewards.registry import build_component

@@ -26,12 +26,13 @@ from fault_components import record_result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alignment import train as train_module
 from alignment.cli import main
-from alignment.config import Recipe, load_recipe
-from alignment.data import load_prompts
 from alignment.errors import ConfigError, DataError, UserInputError
-from alignment.train import build_composer
+from alignment.learners import iterative as iterative_module
+from alignment.learners import trainer_setup
+from alignment.learners.factory import build_composer
+from alignment.recipes.prompt_data import load_prompts
+from alignment.recipes.recipe import Recipe, load_recipe
 
 # FUZZ_SCALE=N runs N times the examples with fresh random cases (a deeper hunt than CI's fixed ones).
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
@@ -347,9 +348,9 @@ def _assert_names_the_row(message: str, path: Path) -> None:
 
 def _preference_reader() -> Any:
     try:
-        from alignment.preference_data import read_preference_rows
+        from alignment.recipes.preference_data import read_preference_rows
     except ImportError:  # pragma: no cover - before the preference learners land
-        from alignment.eval_rm import load_preference_pairs
+        from alignment.reports.reward_eval import load_preference_pairs
 
         return load_preference_pairs
     return lambda path: read_preference_rows(path, on_bad="error")
@@ -400,7 +401,8 @@ def test_fuzz_cli_until_model_loading(tmp_path: Path, monkeypatch: pytest.Monkey
     def stub(recipe: Any) -> Any:
         raise ReachedModelLoading
 
-    monkeypatch.setattr(train_module, "_load_model_and_tokenizer", stub)
+    for module in (trainer_setup, iterative_module):  # every place a training run loads its model
+        monkeypatch.setattr(module, "load_model_and_tokenizer", stub)
     threads = torch.get_num_threads()
     counts: Counter[str] = Counter()
 

@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from alignment.cli import main
-from alignment.iterative import ROUND_MARKER
+from alignment.learners.iterative import ROUND_MARKER
 
 
 def recipe(tmp_path: Path, model_dir: Path, rounds: int) -> Path:

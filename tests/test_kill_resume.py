@@ -25,8 +25,8 @@ import torch
 from fault_components import REPO, check_checkpoints, cli_env, metrics_records, record_result, write_tiny_recipe
 from safetensors.torch import load_file
 
-from alignment.checkpointing import STAGING_DIR, latest_checkpoint
 from alignment.cli import main
+from alignment.learners.checkpointing import STAGING_DIR, latest_checkpoint
 
 KILL_SEED = 20261123
 

@@ -18,10 +18,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignment.losses.common import masked_mean, masked_sum, sequence_logps, shift_for_causal_lm, token_logps
-from alignment.losses.dpo import dpo_loss
-from alignment.losses.rpo import rpo_loss
-from alignment.losses.sparsepo import (
+from alignment.learners.losses.common import ChosenRejected as CR
+from alignment.learners.losses.common import (
+    masked_mean,
+    masked_sum,
+    sequence_logps,
+    shift_for_causal_lm,
+    split_pairs,
+    token_logps,
+)
+from alignment.learners.losses.dpo import dpo_loss
+from alignment.learners.losses.rpo import rpo_loss
+from alignment.learners.losses.sparsepo import (
     SparseMaskHead,
     activation_mask,
     mask_stats,
@@ -153,14 +161,17 @@ def test_token_and_sequence_logps_by_hand():
 
 def test_dpo_by_hand():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -2.0, -1.5, -1.5))
-    out = dpo_loss(pc, pr, rc, rr, beta=0.5)
+    policy, reference = CR(chosen=pc, rejected=pr), CR(chosen=rc, rejected=rr)
+    out = dpo_loss(policy=policy, reference=reference, beta=0.5)
     # margin = (-1 + 1.5) - (-2 + 1.5) = 1, h = 0.5
     assert out.losses.item() == pytest.approx(-logsig(0.5), abs=1e-6)
     assert out.chosen_rewards.item() == pytest.approx(0.25) and out.rejected_rewards.item() == pytest.approx(-0.25)
-    smoothed = dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1)
+    smoothed = dpo_loss(policy=policy, reference=reference, beta=0.5, label_smoothing=0.1)
     assert smoothed.losses.item() == pytest.approx(-0.9 * logsig(0.5) - 0.1 * logsig(-0.5), abs=1e-6)
     with pytest.raises(ValueError):
-        dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.6)
+        dpo_loss(policy=policy, reference=reference, beta=0.5, label_smoothing=0.6)
+    with pytest.raises(TypeError):  # positional arguments could be transposed silently: refused
+        dpo_loss(policy, reference, 0.5)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.7])
@@ -168,7 +179,11 @@ def test_dpo_matches_trl_sigmoid(tmp_path, beta):
     log_probs, _, inputs = _synthetic_batch([5, 2, 4], [3, 6, 1], seed=int(beta * 10))
     loss_trl, metrics = _trl_dpo_loss(tmp_path, _LogpsModel(log_probs), inputs, beta=beta, loss_type=["sigmoid"])
     seq = log_probs.sum(dim=1)
-    ours = dpo_loss(seq[:3], seq[3:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], beta)
+    ours = dpo_loss(
+        policy=CR(chosen=seq[:3], rejected=seq[3:]),
+        reference=CR(chosen=inputs["ref_chosen_logps"], rejected=inputs["ref_rejected_logps"]),
+        beta=beta,
+    )
     assert ours.losses.mean().item() == pytest.approx(loss_trl.item(), abs=1e-6)
     assert ours.chosen_rewards.mean().item() == pytest.approx(metrics["rewards/chosen"][-1], abs=1e-6)
     assert ours.rejected_rewards.mean().item() == pytest.approx(metrics["rewards/rejected"][-1], abs=1e-6)
@@ -217,16 +232,25 @@ def test_dpo_and_trl_sft_match_trl_on_a_tiny_model(tmp_path):
         ).log_probs
         assert torch.allclose(tok[0], fused, atol=1e-5)
 
-    (pc, pr), (rc, rr) = seq[0].chunk(2), seq[1].chunk(2)
+    policy_seq, ref_seq = split_pairs(seq[0]), split_pairs(seq[1])
     mask_w = inputs["completion_mask"][:, 1:].chunk(2)[0]
     beta, eta = 1.0, 0.7
     loss_trl, _ = _trl_dpo_loss(tmp_path, policy, inputs, beta=beta, loss_type=["sigmoid"], ref_model=ref)
-    assert dpo_loss(pc, pr, rc, rr, beta).losses.mean().item() == pytest.approx(loss_trl.item(), abs=1e-5)
+    ours_dpo = dpo_loss(policy=policy_seq, reference=ref_seq, beta=beta)
+    assert ours_dpo.losses.mean().item() == pytest.approx(loss_trl.item(), abs=1e-5)
 
     loss_trl, _ = _trl_dpo_loss(
         tmp_path, policy, inputs, beta=beta, loss_type=["sigmoid", "sft"], loss_weights=[1.0, eta], ref_model=ref
     )
-    ours = rpo_loss(pc, pr, rc, rr, tok[0].chunk(2)[0], mask_w, beta, eta, version="trl_sft")
+    ours = rpo_loss(
+        policy=policy_seq,
+        reference=ref_seq,
+        chosen_token_logps=split_pairs(tok[0]).chosen,
+        chosen_mask=mask_w,
+        beta=beta,
+        eta=eta,
+        version="trl_sft",
+    )
     assert ours.losses.mean().item() == pytest.approx(loss_trl.item(), abs=1e-5)
 
 
@@ -244,31 +268,35 @@ RPO_BETA, RPO_ETA = 0.1, 0.2
 RPO_EXPECTED = {"sum": [0.04, 0.03], "mean": [0.40, 0.10], "trl_sft": [0.175, 0.175]}
 
 
-def _rpo_inputs():
+def _rpo_inputs() -> dict:
     seq_w = masked_sum(RPO_TOKENS, RPO_MASK)  # [-2.0, -1.5]
     seq_l = torch.tensor([-4.0, -3.0])
-    return seq_w, seq_l, seq_w.clone(), seq_l.clone()  # ref == policy: margin 0
+    return {  # ref == policy: margin 0
+        "policy": CR(chosen=seq_w, rejected=seq_l),
+        "reference": CR(chosen=seq_w.clone(), rejected=seq_l.clone()),
+        "chosen_token_logps": RPO_TOKENS,
+        "chosen_mask": RPO_MASK,
+        "beta": RPO_BETA,
+        "eta": RPO_ETA,
+    }
 
 
 @pytest.mark.parametrize("version", ["sum", "mean", "trl_sft"])
 def test_rpo_versions_by_hand(version):
-    out = rpo_loss(*_rpo_inputs(), RPO_TOKENS, RPO_MASK, RPO_BETA, RPO_ETA, version=version)
+    out = rpo_loss(**_rpo_inputs(), version=version)
     expected = torch.tensor(RPO_EXPECTED[version]) + math.log(2.0)
     assert torch.allclose(out.losses, expected, atol=1e-6)
     assert torch.allclose(out.dpo_losses, torch.full((2,), math.log(2.0)), atol=1e-6)
 
 
 def test_rpo_versions_are_distinct_and_validated():
-    means = {
-        v: rpo_loss(*_rpo_inputs(), RPO_TOKENS, RPO_MASK, RPO_BETA, RPO_ETA, version=v).losses.mean().item()
-        for v in ("sum", "mean", "trl_sft")
-    }
+    means = {v: rpo_loss(**_rpo_inputs(), version=v).losses.mean().item() for v in ("sum", "mean", "trl_sft")}
     assert means["sum"] == pytest.approx(math.log(2) + 0.035)
     assert means["mean"] == pytest.approx(math.log(2) + 0.25)
     assert means["trl_sft"] == pytest.approx(math.log(2) + 0.175)
     assert len({round(v, 6) for v in means.values()}) == 3
     with pytest.raises(ValueError):
-        rpo_loss(*_rpo_inputs(), RPO_TOKENS, RPO_MASK, RPO_BETA, RPO_ETA, version="avg")
+        rpo_loss(**_rpo_inputs(), version="avg")
 
 
 def test_rpo_trl_sft_is_trls_sft_term_and_the_others_are_not(tmp_path):
@@ -280,7 +308,8 @@ def test_rpo_trl_sft_is_trls_sft_term_and_the_others_are_not(tmp_path):
     completion_mask = torch.zeros(4, 4, dtype=torch.long)
     completion_mask[:2, 1:] = RPO_MASK
     completion_mask[2:, 1] = 1
-    pc, pr, rc, rr = _rpo_inputs()
+    rpo_inputs = _rpo_inputs()
+    rc, rr = rpo_inputs["reference"]
     inputs = {
         "input_ids": torch.zeros(4, 4, dtype=torch.long),
         "attention_mask": torch.ones(4, 4, dtype=torch.long),
@@ -290,7 +319,7 @@ def test_rpo_trl_sft_is_trls_sft_term_and_the_others_are_not(tmp_path):
     }
     model = _LogpsModel(log_probs)
     sft_only, _ = _trl_dpo_loss(tmp_path, model, inputs, beta=RPO_BETA, loss_type=["sft"])
-    ours = rpo_loss(pc, pr, rc, rr, RPO_TOKENS, RPO_MASK, RPO_BETA, RPO_ETA, version="trl_sft")
+    ours = rpo_loss(**rpo_inputs, version="trl_sft")
     assert sft_only.item() == pytest.approx(0.875, abs=1e-6)  # pooled NLL (2 + 1.5) / 4
     assert torch.allclose(ours.regularizer, sft_only.expand(2), atol=1e-6)
 
@@ -299,7 +328,7 @@ def test_rpo_trl_sft_is_trls_sft_term_and_the_others_are_not(tmp_path):
     )
     assert ours.losses.mean().item() == pytest.approx(combined.item(), abs=1e-6)
     for version in ("sum", "mean"):
-        other = rpo_loss(pc, pr, rc, rr, RPO_TOKENS, RPO_MASK, RPO_BETA, RPO_ETA, version=version)
+        other = rpo_loss(**rpo_inputs, version=version)
         assert abs(other.losses.mean().item() - combined.item()) > 1e-2
 
 
@@ -310,12 +339,10 @@ def test_rpo_trl_sft_matches_trl_on_random_batches(tmp_path):
         tmp_path, _LogpsModel(log_probs), inputs, beta=0.3, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.4]
     )
     ours = rpo_loss(
-        seq[:4],
-        seq[4:],
-        inputs["ref_chosen_logps"],
-        inputs["ref_rejected_logps"],
-        log_probs[:4],
-        shift_mask[:4],
+        policy=CR(chosen=seq[:4], rejected=seq[4:]),
+        reference=CR(chosen=inputs["ref_chosen_logps"], rejected=inputs["ref_rejected_logps"]),
+        chosen_token_logps=log_probs[:4],
+        chosen_mask=shift_mask[:4],
         beta=0.3,
         eta=0.4,
         version="trl_sft",
@@ -336,14 +363,32 @@ def _random_token_case(seed: int, b: int = 4, t: int = 7):
     return tensors, mask_w, mask_l
 
 
+def _sparsepo(pw, rw, pl, rl, kl, mask_w, mask_l, reward_mask, kl_mask, **settings):
+    """sparsepo_loss on per-side tensors: policy / reference log-probs and masks of chosen (w) and rejected (l)."""
+    return sparsepo_loss(
+        policy_token_logps=CR(chosen=pw, rejected=pl),
+        reference_token_logps=CR(chosen=rw, rejected=rl),
+        completion_mask=CR(chosen=mask_w, rejected=mask_l),
+        token_kl=kl,
+        reward_mask=reward_mask,
+        kl_mask=kl_mask,
+        **settings,
+    )
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_sparsepo_with_unit_masks_and_no_kl_is_dpo(seed):
     (pw, rw, pl, rl), mask_w, mask_l = _random_token_case(seed)
     ones_w, ones_l = torch.ones_like(pw), torch.ones_like(pl)
     beta = 0.1 + 0.2 * seed
-    dpo = dpo_loss(masked_sum(pw, mask_w), masked_sum(pl, mask_l), masked_sum(rw, mask_w), masked_sum(rl, mask_l), beta)
+    dpo = dpo_loss(
+        policy=CR(chosen=masked_sum(pw, mask_w), rejected=masked_sum(pl, mask_l)),
+        reference=CR(chosen=masked_sum(rw, mask_w), rejected=masked_sum(rl, mask_l)),
+        beta=beta,
+    )
     for mu_w, mu_l in ((ones_w, ones_l), (None, None)):
-        out = sparsepo_loss(pw, rw, pl, rl, None, None, mask_w, mask_l, mu_w, mu_l, None, None, beta, 0.0, 0.0)
+        reward_mask = None if mu_w is None else CR(chosen=mu_w, rejected=mu_l)
+        out = _sparsepo(pw, rw, pl, rl, None, mask_w, mask_l, reward_mask, None, beta=beta)
         assert torch.allclose(out.losses, dpo.losses, atol=1e-6)
         assert torch.allclose(out.chosen_rewards, dpo.chosen_rewards, atol=1e-6)
         assert torch.allclose(out.rejected_rewards, dpo.rejected_rewards, atol=1e-6)
@@ -363,7 +408,8 @@ def _sparse_hand_case():
 
 def test_sparsepo_by_hand_separate_masks():
     pw, rw, pl, rl, kl_w, kl_l, mask_w, mask_l, mu_w, mu_l, md_w, md_l = _sparse_hand_case()
-    out = sparsepo_loss(pw, rw, pl, rl, kl_w, kl_l, mask_w, mask_l, mu_w, mu_l, md_w, md_l, 0.5, 0.01, 0.02)
+    kl, mu, md = CR(kl_w, kl_l), CR(mu_w, mu_l), CR(md_w, md_l)
+    out = _sparsepo(pw, rw, pl, rl, kl, mask_w, mask_l, mu, md, beta=0.5, lambda_u=0.01, lambda_d=0.02)
     # U = (2*0.5 + 0.5*-1) - (1*-0.5 + 3*1) = 0.5 - 2.5 = -2.0
     # D = (0.5*0.2 + 0*0.3) - (1*0.1 + 2*0.4) = 0.1 - 0.9 = -0.8
     # L1 = 0.01 * (2.5 + 4.0) + 0.02 * (3.0 + 0.5) = 0.065 + 0.07
@@ -376,20 +422,22 @@ def test_sparsepo_by_hand_separate_masks():
 
 def test_sparsepo_by_hand_shared_mask_halves_the_l1_weights():
     pw, rw, pl, rl, kl_w, kl_l, mask_w, mask_l, mu_w, mu_l, _, _ = _sparse_hand_case()
-    out = sparsepo_loss(pw, rw, pl, rl, kl_w, kl_l, mask_w, mask_l, mu_w, mu_l, None, None, 0.5, 0.01, 0.02, True)
+    kl, mu = CR(kl_w, kl_l), CR(mu_w, mu_l)
+    shared = {"beta": 0.5, "lambda_u": 0.01, "lambda_d": 0.02, "shared_mask": True}
+    out = _sparsepo(pw, rw, pl, rl, kl, mask_w, mask_l, mu, None, **shared)
     # D = (1*0.2 + 3*0.3) - (2*0.1 + 0.5*0.4) = 1.1 - 0.4 = 0.7; L1 = (0.01/2 + 0.02/2) * (2.5 + 4.0)
     assert out.d.item() == pytest.approx(0.7, abs=1e-6)
     assert out.l1.item() == pytest.approx(0.0975, abs=1e-6)
     assert out.losses.item() == pytest.approx(-logsig(0.5 * (-2.0 - 0.7)) + 0.0975, abs=1e-6)
-    same = sparsepo_loss(pw, rw, pl, rl, kl_w, kl_l, mask_w, mask_l, mu_w, mu_l, mu_w, mu_l, 0.5, 0.01, 0.02, True)
+    same = _sparsepo(pw, rw, pl, rl, kl, mask_w, mask_l, mu, mu, **shared)
     assert torch.allclose(same.losses, out.losses)
     with pytest.raises(ValueError):
-        sparsepo_loss(pw, rw, pl, rl, kl_w, kl_l, mask_w, mask_l, mu_w, mu_l, mu_w * 2, mu_l, 0.5, 0.01, 0.02, True)
+        _sparsepo(pw, rw, pl, rl, kl, mask_w, mask_l, mu, CR(mu_w * 2, mu_l), **shared)
     # KL term dropped: only the reward-mask penalty remains, un-halved
-    no_kl = sparsepo_loss(pw, rw, pl, rl, None, None, mask_w, mask_l, mu_w, mu_l, None, None, 0.5, 0.01, 0.02, True)
+    no_kl = _sparsepo(pw, rw, pl, rl, None, mask_w, mask_l, mu, None, **shared)
     assert no_kl.l1.item() == pytest.approx(0.065, abs=1e-6) and no_kl.d.item() == 0.0
-    with pytest.raises(ValueError):
-        sparsepo_loss(pw, rw, pl, rl, kl_w, None, mask_w, mask_l, mu_w, mu_l, None, None, 0.5)
+    with pytest.raises(TypeError):  # positional arguments could be transposed silently: refused
+        sparsepo_loss(CR(pw, pl), CR(rw, rl), CR(mask_w, mask_l), kl, mu, None, 0.5)  # type: ignore[misc]
 
 
 def test_token_kl_matches_torch_kl_div():
@@ -407,7 +455,10 @@ def test_sparsepo_gradients_reach_the_masks():
     mu_w = torch.rand_like(pw).requires_grad_()
     mu_l = torch.rand_like(pl).requires_grad_()
     kl_w, kl_l = torch.rand_like(pw), torch.rand_like(pl)
-    out = sparsepo_loss(pw, rw, pl, rl, kl_w, kl_l, mask_w, mask_l, mu_w, mu_l, None, None, 0.3, 0.01, 0.01, True)
+    out = _sparsepo(
+        pw, rw, pl, rl, CR(kl_w, kl_l), mask_w, mask_l, CR(mu_w, mu_l), None, beta=0.3, lambda_u=0.01, lambda_d=0.01,
+        shared_mask=True,
+    )  # fmt: skip
     out.losses.mean().backward()
     assert mu_w.grad is not None and torch.all(mu_w.grad[mask_w == 0] == 0) and mu_w.grad.abs().sum() > 0
 

@@ -14,25 +14,20 @@ import pytest
 import yaml
 
 from alignment.cli import main
+from alignment.cli.pareto import parse_names
 from alignment.errors import ConfigError
-from alignment.pareto_report import (
-    EvalPoint,
-    RunRecord,
-    SkipRun,
+from alignment.reports.analysis import (
     auto_reference,
-    build_report,
     choose_objectives,
-    discover_runs,
     dominance_matrix,
-    flatten_recipe,
-    load_run,
     moving_average,
     overoptimization_series,
-    parse_names,
     parse_reference,
     recipe_differences,
     run_contributions,
 )
+from alignment.reports.pareto_report import build_report
+from alignment.reports.runs import EvalPoint, RunRecord, SkipRun, discover_runs, flatten_recipe, load_run
 from rewards.pareto import hypervolume, non_dominated
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -444,8 +439,8 @@ def test_report_three_objectives_gold_column_and_given_reference(tmp_path: Path)
 def test_many_runs_draw_a_sample_and_read_only_its_metrics(tmp_path: Path) -> None:
     """Above MAX_CURVES runs the curves show the front runs plus an even sample, and only those metrics files
     are parsed (what keeps `align pareto` on 1,000 runs fast)."""
-    from alignment.pareto_report import analyse
-    from alignment.report_plots import MAX_CURVES, curve_runs, make_plots
+    from alignment.reports.analysis import analyse
+    from alignment.reports.plots import MAX_CURVES, curve_runs, make_plots
 
     n = MAX_CURVES + 50
     root = tmp_path / "runs"
@@ -528,7 +523,7 @@ train: {{max_steps: 2, prompts_per_step: 2, num_generations: 2, save_steps: 1, s
 
 
 def test_recipe_gold_objectives_are_validated(tmp_path: Path) -> None:
-    from alignment.config import load_recipe
+    from alignment.recipes.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

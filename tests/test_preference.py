@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
-from alignment.checkpointing import complete_checkpoints
 from alignment.cli import main
-from alignment.config import PreferenceConfig
 from alignment.errors import DataError
-from alignment.preference import MASK_HEAD_FILE, PreferenceTrainer
-from alignment.preference_data import drop_long_prompts, read_preference_rows
+from alignment.learners.checkpointing import complete_checkpoints
+from alignment.learners.preference import MASK_HEAD_FILE, PreferenceTrainer
+from alignment.recipes.preference_data import drop_long_prompts, read_preference_rows
+from alignment.recipes.recipe import PreferenceConfig
 
 TOPICS = ("bread", "rivers", "bees", "snow", "trains", "tea", "owls", "glass")
 

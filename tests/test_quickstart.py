@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment.checkpointing import complete_checkpoints
 from alignment.cli import main
+from alignment.learners.checkpointing import complete_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "configs" / "quickstart.yaml"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alignment.cli import main
-from alignment.config import ALGORITHMS, load_recipe
+from alignment.recipes.recipe import ALGORITHMS, load_recipe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "rewards_r3.yaml")

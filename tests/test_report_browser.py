@@ -1,15 +1,14 @@
 """The HTML report in a real browser (headless Chromium through Selenium): it loads with no console errors,
 shows every plot, and its tables sort.
 
-Chromium and its driver come from Debian's `chromium` and `chromium-driver` packages; the session fixture
-installs them with apt-get when they are missing, and the test skips with the reason only where that fails.
+Chromium and its driver come from Debian's `chromium` and `chromium-driver` packages, which `bash launch.sh test`
+installs when they are missing (as root, with apt-get); where they are absent the test skips saying so.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,9 @@ from typing import Any
 import pytest
 from test_pareto_report import make_runs
 
-from alignment.pareto_report import build_report
+from alignment.reports.pareto_report import build_report
 
 pytestmark = pytest.mark.slow
-
-APT_PACKAGES = ["chromium", "chromium-driver"]
 
 
 def _find_chromium() -> tuple[str | None, str | None]:
@@ -29,40 +26,16 @@ def _find_chromium() -> tuple[str | None, str | None]:
     return browser, shutil.which("chromedriver")
 
 
-def _apt_install() -> str:
-    """Install Chromium and its driver with apt-get; returns "" on success, else why it failed."""
-    if not shutil.which("apt-get"):
-        return "apt-get is not available (not a Debian/Ubuntu system)"
-    if os.geteuid() != 0:
-        return "apt-get needs root; run: sudo apt-get install -y chromium chromium-driver"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES]
-    failure = ""
-    for attempt in range(2):
-        if attempt:  # package lists missing or stale: refresh them once
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=600)
-        try:
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            return "apt-get install timed out after 15 minutes"
-        if result.returncode == 0:
-            return ""
-        failure = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-    return f"apt-get install {' '.join(APT_PACKAGES)} failed: {failure}"
-
-
 @pytest.fixture(scope="session")
 def chromium() -> tuple[str, str]:
-    """Paths of the Chromium binary and chromedriver, installing them when missing (or skip, saying why)."""
+    """Paths of the Chromium binary and chromedriver (or skip, saying how to install them)."""
     pytest.importorskip("selenium", reason="selenium is not installed (pip install -e .[dev])")
     browser, driver = _find_chromium()
     if browser is None or driver is None:
-        problem = _apt_install()
-        browser, driver = _find_chromium()
-        if browser is None or driver is None:
-            pytest.skip(
-                f"headless Chromium is unavailable and could not be installed: {problem or 'not found after install'}"
-            )
+        pytest.skip(
+            "headless Chromium is not installed: `bash launch.sh test` installs it on Debian/Ubuntu as root, or run "
+            "sudo apt-get install -y chromium chromium-driver"
+        )
     return browser, driver
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignment.grpo import generate_for_prompts, run_lengths
+from alignment.learners.grpo import generate_for_prompts, run_lengths
 from rollout.base import SamplingParams
 from rollout.transformers_engine import TransformersEngine, truncate_at_stop
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignment.config import RolloutConfig
-from alignment.config_loader import load_dataclass
 from alignment.errors import ConfigError
+from alignment.recipes.loader import load_dataclass
+from alignment.recipes.recipe import RolloutConfig
 from rollout.base import PromptLimit, PromptTooLongError, Sample, SamplingParams
 from rollout.transformers_engine import TransformersEngine
 from rollout.weight_sync import (

@@ -262,9 +262,9 @@ def test_grpo_through_a_server_that_dies_mid_run(tmp_path: Path, tiny_model_dir:
     """GRPO samples from `align serve-rollout` (adapter synced every step); the server is killed after the
     first checkpoint: the learner retries with backoff, then stops with an error naming host:port, and the
     checkpoint it had written stays complete."""
-    from alignment.checkpointing import COMPLETE_MARKER, complete_checkpoints
-    from alignment.config import load_recipe
-    from alignment.train import run_training
+    from alignment.learners.checkpointing import COMPLETE_MARKER, complete_checkpoints
+    from alignment.learners.run import run_training
+    from alignment.recipes.recipe import load_recipe
 
     proc, url = _start_server_process(tiny_model_dir)
     try:
@@ -328,7 +328,7 @@ def test_two_process_zero3_full_weights_reach_the_server(tmp_path: Path, tiny_mo
 
     from safetensors.torch import load_file
 
-    from alignment.checkpointing import complete_checkpoints
+    from alignment.learners.checkpointing import complete_checkpoints
 
     engine = TransformersEngine(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), tokenizer)
     server = RolloutServer(engine, port=0).start()
@@ -354,7 +354,7 @@ train: {{max_steps: 3, prompts_per_step: 2, num_generations: 2, save_steps: 2, l
     deepspeed = Path(sys.executable).with_name("deepspeed")
     cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(master_port), "--module", "alignment.cli"]
     cmd += ["train", str(recipe), "--output-dir", str(tmp_path / "run")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from alignment.cli import main
-from alignment.sample import build_pair_rows, sample_pairs
+from alignment.learners.onpolicy_pairs import build_pair_rows, sample_pairs
 from rewards.composer import Objective, RewardComposer
 from rewards.weighting import StaticWeights
 from rollout.base import Sample, SamplingParams
@@ -164,7 +164,7 @@ def sampled(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_align_sample_writes_samples_pairs_and_stats(sampled: Path) -> None:
-    from alignment.eval_rm import load_preference_pairs
+    from alignment.reports.reward_eval import load_preference_pairs
 
     samples = [json.loads(line) for line in (sampled / "pairs.samples.jsonl").read_text().splitlines()]
     assert len(samples) == 16

@@ -21,9 +21,9 @@ import pytest
 import torch
 from fault_components import REPO, write_tiny_recipe
 
-from alignment.config import ModelConfig, load_recipe
 from alignment.errors import ConfigError
-from alignment.train import _load_model_and_tokenizer, build_composer
+from alignment.learners.factory import build_composer, load_model_and_tokenizer
+from alignment.recipes.recipe import ModelConfig, load_recipe
 from rewards.errors import RewardConfigError
 from rewards.registry import build_component
 
@@ -61,12 +61,12 @@ def test_trust_remote_code_is_off_unless_the_recipe_sets_it(tmp_path: Path, tiny
 def test_a_warning_says_when_trust_remote_code_is_on(tmp_path: Path, tiny_model_dir: Path) -> None:
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1), ["model.trust_remote_code=true"])
     with pytest.warns(UserWarning, match="model.trust_remote_code is on"):
-        _load_model_and_tokenizer(recipe)
+        load_model_and_tokenizer(recipe)
     with pytest.warns(UserWarning, match="objective 'x': trust_remote_code is on"):
         build_component("x", "fault_components:flaky", {"trust_remote_code": True})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _load_model_and_tokenizer(load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1)))
+        load_model_and_tokenizer(load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1)))
 
 
 def _model_with_custom_code(tmp_path: Path, tiny_model_dir: Path, model_type: str) -> tuple[Path, Path]:
@@ -91,12 +91,12 @@ def test_model_folder_code_does_not_run_without_trust_remote_code(tmp_path: Path
     recipe_path = write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1)
     # A known architecture with an auto_map: loaded with the library's own classes, the folder's code ignored.
     known, known_ran = _model_with_custom_code(tmp_path, tiny_model_dir, "qwen2")
-    model, _ = _load_model_and_tokenizer(load_recipe(recipe_path, [f"model.path={known}"]))
+    model, _ = load_model_and_tokenizer(load_recipe(recipe_path, [f"model.path={known}"]))
     assert type(model).__module__.startswith("transformers.") and not known_ran.exists()
     # An architecture only the folder's code defines: refused in one line, nothing runs.
     custom, custom_ran = _model_with_custom_code(tmp_path, tiny_model_dir, "evil-arch")
     with pytest.raises(ConfigError) as info:
-        _load_model_and_tokenizer(load_recipe(recipe_path, [f"model.path={custom}"]))
+        load_model_and_tokenizer(load_recipe(recipe_path, [f"model.path={custom}"]))
     assert str(info.value).startswith("model.path: cannot load") and "\n" not in str(info.value)
     assert not custom_ran.exists()
 
@@ -109,7 +109,7 @@ def test_pickled_weights_are_never_unpickled(tmp_path: Path, tiny_model_dir: Pat
     torch.save({"model.embed_tokens.weight": _Evil(f"touch {sentinel}")}, folder / "pytorch_model.bin")
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1), [f"model.path={folder}"])
     with pytest.raises(ConfigError, match=r"model.path: cannot load .*model.safetensors"):
-        _load_model_and_tokenizer(recipe)
+        load_model_and_tokenizer(recipe)
     assert not sentinel.exists()
 
 
@@ -120,7 +120,7 @@ def test_deepspeed_resume_loads_weights_only(tmp_path: Path) -> None:
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    from alignment.checkpointing import weights_only_deepspeed_loads
+    from alignment.learners.checkpointing import weights_only_deepspeed_loads
 
     # What a ZeRO-2 optimizer partition holds: tensors, a loss scaler, the stage enum, fragment addresses.
     partition = {
@@ -190,9 +190,7 @@ SOURCE_DIRS = ("alignment", "rewards", "rollout")
 MODEL_LOADERS = ("AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification")
 # Model loads outside this task's files that do not pass use_safetensors=True yet (file, loader); listed so that
 # the test still catches new ones. Remove an entry when its owner adds use_safetensors=True.
-KNOWN_NON_SAFETENSORS_LOADS = {
-    ("alignment/evaluate.py", "AutoModelForCausalLM"),
-}
+KNOWN_NON_SAFETENSORS_LOADS: set[tuple[str, str]] = set()
 
 
 def _calls(tree: ast.AST) -> list[ast.Call]:
@@ -252,5 +250,5 @@ def test_source_has_no_eval_exec_unsafe_yaml_pickle_or_unsafe_torch_load() -> No
             if loader in MODEL_LOADERS and not _keyword_is_true(call, "use_safetensors"):
                 non_safetensors.add((relative, loader))
     assert not problems, "\n".join(problems)
-    assert ("alignment/train.py", "AutoModelForCausalLM") not in non_safetensors
+    assert ("alignment/learners/factory.py", "AutoModelForCausalLM") not in non_safetensors
     assert non_safetensors <= KNOWN_NON_SAFETENSORS_LOADS, sorted(non_safetensors - KNOWN_NON_SAFETENSORS_LOADS)

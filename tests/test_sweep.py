@@ -9,7 +9,7 @@ import pytest
 
 from alignment.cli import main
 from alignment.errors import ConfigError
-from alignment.sweep import parse_strategies, parse_strategy_options, parse_weights, plan_sweep
+from alignment.reports.sweep import parse_strategies, parse_strategy_options, parse_weights, plan_sweep
 
 LAGRANGIAN = {"base": "short", "constraints": [{"objective": "long", "threshold": 0.5, "direction": "lower"}]}
 

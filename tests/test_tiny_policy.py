@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from alignment import tiny_policy as tp  # noqa: E402
+from tools import tiny_policy as tp  # noqa: E402
 
 ASSETS = REPO / "alignment" / "assets"
 POLICY = ASSETS / "tiny_policy"

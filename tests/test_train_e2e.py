@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment.checkpointing import COMPLETE_MARKER, complete_checkpoints
 from alignment.cli import main
+from alignment.learners.checkpointing import COMPLETE_MARKER, complete_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 

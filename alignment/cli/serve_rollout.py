@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the engine, bind, serve until interrupted. Bad flags raise ConfigError."""
     import signal
 
-    from alignment.config import resolve_path
+    from alignment.recipes.paths import resolve_path
     from rollout.server import RolloutServer, check_binding
 
     if not 0 <= args.port <= 65535:

@@ -9,13 +9,38 @@ Conventions used by every loss module in :mod:`alignment.losses`:
   :func:`shift_for_causal_lm` first (it drops the last logit and the first label, as TRL's fused head does).
 - A ``mask`` ``[B, T]`` is 1 on completion tokens that count and 0 on prompt and padding; any dtype is accepted
   (bool, int, float) and it is cast to the values' dtype.
+- Every loss takes keyword-only arguments, and what comes per side of a pair comes as a :class:`ChosenRejected`
+  (``ChosenRejected(chosen=..., rejected=...)``), so that policy and reference, or chosen and rejected, cannot be
+  swapped silently by position.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 IGNORE_INDEX = -100
+
+
+class ChosenRejected(NamedTuple):
+    """One quantity for both completions of each preference pair: ``chosen`` (y_w) and ``rejected`` (y_l).
+
+    The shapes are the loss's to state (``[B]`` sequence sums, ``[B, T]`` per-token values; the two sides may have
+    different ``T``). Build it with names: ``ChosenRejected(chosen=policy_w, rejected=policy_l)``.
+    """
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+
+def split_pairs(stacked: torch.Tensor) -> ChosenRejected:
+    """Split a batch that stacks the chosen completions over the rejected ones (``[2B, ...]``, TRL's preference
+    collator layout) into its two halves ``[B, ...]``."""
+    if stacked.size(0) % 2:
+        raise ValueError(f"expected chosen stacked over rejected ([2B, ...]), got batch size {stacked.size(0)}")
+    chosen, rejected = stacked.chunk(2)
+    return ChosenRejected(chosen=chosen, rejected=rejected)
 
 
 def shift_for_causal_lm(

@@ -1,6 +1,6 @@
 """Build the bundled preference set `alignment/assets/preference_pairs.jsonl` (for `align eval-rm` examples/tests).
 
-Run as ``python -m alignment.preference_pairs`` (deterministic for a seed). For every held-out quickstart prompt
+Run as ``python -m tools.preference_pairs`` (deterministic for a seed). For every held-out quickstart prompt
 (question, topic, on-topic reference answer) it writes three TRL preference rows whose chosen answer is the
 reference and whose rejected answer is one known failure:
 - ``off_topic``: another topic's reference answer (a relevance reward should prefer the chosen),
@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "alignment" / "assets"
 
 
 def build_pairs(rows: list[dict], seed: int = 0) -> list[dict]:

@@ -2,7 +2,7 @@
 
 Trains one run per weighting / strategy of a recipe, one after the other in this process, each an ordinary
 run folder inside the sweep folder; evaluates each final checkpoint (with ``--intermediate`` every checkpoint
-and the initial policy) on a held-out prompt set (`alignment.evaluate`), and writes the Pareto report
+and the initial policy) on a held-out prompt set (`alignment.reports.checkpoint_eval`), and writes the Pareto report
 (`align pareto`) into ``SWEEP_DIR/report``.
 
 Which runs: the ``static`` strategy runs once per weighting of ``--weights`` (one weight per objective, in
@@ -25,7 +25,6 @@ from it, and missing evaluations are made.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.errors import ConfigError
-from alignment.evaluate import DEFAULT_SEED, add_eval_arguments, check_eval_arguments
-
-HELP = "train one run per weighting / strategy, evaluate each on held-out prompts, and write the Pareto report"
+from alignment.reports.checkpoint_eval import DEFAULT_SEED
 
 STRATEGIES = ("static", "hypervolume", "gradient", "lagrangian")
 SWEEP_FILE = "sweep.json"
@@ -176,7 +173,7 @@ def _write_plan(sweep_dir: Path, recipe_path: str, runs: list[SweepRun], setting
 
 
 def _done(run_dir: Path, max_steps: int) -> bool:
-    from alignment.checkpointing import checkpoint_step, latest_checkpoint
+    from alignment.learners.checkpointing import checkpoint_step, latest_checkpoint
 
     final = latest_checkpoint(run_dir)
     return final is not None and checkpoint_step(final) >= max_steps
@@ -204,9 +201,11 @@ def run_sweep(
 
     Every run's recipe is loaded and validated (and its composer built) before anything is trained or written.
     """
-    from alignment.config import load_recipe
-    from alignment.evaluate import evaluate_run, resolve_eval_data
-    from alignment.train import build_composer, prepare_run_dir, run_training
+    from alignment.learners.factory import build_composer
+    from alignment.learners.run import prepare_run_dir
+    from alignment.learners.train import train
+    from alignment.recipes.recipe import load_recipe
+    from alignment.reports.checkpoint_eval import evaluate_run, resolve_eval_data
 
     base = load_recipe(recipe_path, list(overrides or []))
     names = [o.name for o in base.rewards.objectives]
@@ -263,7 +262,7 @@ def run_sweep(
             has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "config.yaml").exists()
             item.status = "training"
             _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
-            run_training(recipe, resume=resume and has_run)
+            train(recipe, resume=resume and has_run)
         item.status = "evaluating"
         _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
         evaluate_run(
@@ -279,66 +278,10 @@ def run_sweep(
         item.status = "done"
         _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
     if report:
-        from alignment.pareto_report import build_report
+        from alignment.reports.pareto_report import build_report
 
         data = build_report([sweep_dir / r.name for r in plan], sweep_dir / "report", log=log)
         front = ", ".join(r["name"] for r in data["runs"] if r["final_on_front"])
         log(f"front: {front}; hypervolume {data['hypervolume']:.6g}")
         log(f"report: {sweep_dir / 'report' / 'index.html'}")
     return sweep_dir
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`align sweep RECIPE --weights ... [--strategies ...] [--strategy-options NAME=MAP] [--set k=v] ...`."""
-    parser.add_argument("recipe", help="the base recipe (YAML), e.g. configs/quickstart.yaml")
-    parser.add_argument(
-        "--weights", required=True, help='weightings, one weight per objective: "0.2,0.8;0.5,0.5;0.8,0.2"'
-    )
-    parser.add_argument(
-        "--strategies", default="static", help=f"comma-separated, from {', '.join(STRATEGIES)} (default static)"
-    )
-    parser.add_argument(
-        "--strategy-options",
-        action="append",
-        default=[],
-        metavar="NAME=MAPPING",
-        help="options of one strategy, e.g. 'lagrangian={base: relevance, constraints: [{objective: length, "
-        "threshold: 0.8}]}' (repeatable)",
-    )
-    parser.add_argument("--cross", action="store_true", help="run every non-static strategy with every weighting")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of every run's recipe, e.g. --set train.max_steps=30 (repeatable)",
-    )
-    parser.add_argument("--output-dir", default=None, help="sweep folder (default runs/sweep-<recipe>-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue a stopped sweep in --output-dir")
-    add_eval_arguments(parser)
-    parser.add_argument("--no-report", action="store_true", help="do not write SWEEP_DIR/report")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the sweep; exit code 0."""
-    check_eval_arguments(args)
-    if args.resume and not args.output_dir:
-        raise ConfigError("--resume: name the sweep folder to continue with --output-dir")
-    run_sweep(
-        args.recipe,
-        args.weights,
-        args.strategies,
-        strategy_options=args.strategy_options,
-        overrides=args.overrides,
-        output_dir=args.output_dir,
-        cross=args.cross,
-        resume=args.resume,
-        eval_data=args.eval_data,
-        eval_prompts=args.eval_prompts,
-        eval_samples=args.eval_samples,
-        eval_seed=args.eval_seed,
-        intermediate=args.intermediate,
-        report=not args.no_report,
-    )
-    return 0

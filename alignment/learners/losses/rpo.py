@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from .common import masked_mean, masked_sum
+from .common import ChosenRejected, masked_mean, masked_sum
 from .dpo import dpo_loss
 
 __all__ = ["RPO_VERSIONS", "RPOOutput", "rpo_loss", "rpo_regularizer"]
@@ -45,7 +45,7 @@ class RPOOutput(NamedTuple):
 
 
 def rpo_regularizer(
-    chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor, beta: float, version: RPOVersion
+    *, chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor, beta: float, version: RPOVersion
 ) -> torch.Tensor:
     """The SFT term of RPO on the chosen completions, before the ``eta`` factor.
 
@@ -69,10 +69,9 @@ def rpo_regularizer(
 
 
 def rpo_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor,
+    *,
+    policy: ChosenRejected,
+    reference: ChosenRejected,
     chosen_token_logps: torch.Tensor,
     chosen_mask: torch.Tensor,
     beta: float,
@@ -83,10 +82,8 @@ def rpo_loss(
     """RPO loss: DPO plus ``eta`` times an SFT term on the chosen completion (Liu et al. 2024, arXiv 2405.16436).
 
     Args:
-        policy_chosen_logps: ``[B]`` policy log-probs of the chosen completions, summed over tokens.
-        policy_rejected_logps: ``[B]`` policy log-probs of the rejected completions.
-        ref_chosen_logps: ``[B]`` reference log-probs of the chosen completions.
-        ref_rejected_logps: ``[B]`` reference log-probs of the rejected completions.
+        policy: ``[B]`` policy log-probs of the chosen / rejected completions, summed over tokens.
+        reference: ``[B]`` reference log-probs of the chosen / rejected completions.
         chosen_token_logps: ``[B, T]`` policy per-token log-probs of the chosen completions (with gradient).
         chosen_mask: ``[B, T]`` 1 on chosen-completion tokens.
         beta: DPO beta (authors: 0.01 for ``"sum"``, 0.5 for ``"mean"``).
@@ -101,8 +98,6 @@ def rpo_loss(
     """
     if version not in RPO_VERSIONS:
         raise ValueError(f"unknown RPO version {version!r}; expected one of {RPO_VERSIONS}")
-    dpo = dpo_loss(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, label_smoothing
-    )
-    reg = rpo_regularizer(chosen_token_logps, chosen_mask, beta, version)
+    dpo = dpo_loss(policy=policy, reference=reference, beta=beta, label_smoothing=label_smoothing)
+    reg = rpo_regularizer(chosen_token_logps=chosen_token_logps, chosen_mask=chosen_mask, beta=beta, version=version)
     return RPOOutput(dpo.losses + eta * reg, dpo.chosen_rewards, dpo.rejected_rewards, dpo.losses, reg)

@@ -34,7 +34,9 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from alignment.pareto_report import Analysis, RunRecord, moving_average, overoptimization_series  # noqa: E402
+from alignment.reports.analysis import Analysis, moving_average, overoptimization_series  # noqa: E402
+from alignment.reports.runs import RunRecord  # noqa: E402
+from rewards.pareto import non_dominated  # noqa: E402
 
 STRATEGY_COLORS = {"static": "tab:blue", "hypervolume": "tab:orange", "gradient": "tab:green", "lagrangian": "tab:red"}
 MAX_RUN_COLORS = 10
@@ -137,8 +139,6 @@ def _pairs(k: int) -> list[tuple[int, int]]:
 def staircase(points: np.ndarray) -> np.ndarray:
     """The 2-D non-dominated points [m, 2] of points [n, 2] sorted by the first objective ascending (the
     second then descends): the front's staircase, all objectives maximised."""
-    from rewards.pareto import non_dominated
-
     pts = np.asarray(points, dtype=np.float64)
     if len(pts) == 0:
         return pts.reshape(0, 2)

@@ -2,8 +2,10 @@
 
 TRL's DPOTrainer does the data work (tokenising standard or conversational preference rows, the collator that
 stacks chosen over rejected), the reference model (the base model with the adapter disabled under PEFT, a frozen
-copy otherwise, prepared for ZeRO-3), the optimiser, DeepSpeed and logging. This subclass changes one narrow,
-documented point, `_compute_loss`, so that the loss is one of the pure functions of `alignment.losses`:
+copy otherwise, prepared for ZeRO-3), the optimiser, DeepSpeed and logging. This subclass overrides TRL's private
+`_compute_loss` (TRL has no public loss hook; the signature is pinned by tests/test_trl_seams.py), so that the loss
+is one of the pure functions of `alignment.learners.losses`, and the public `create_optimizer` (the SparsePO mask
+head gets its own parameter group). The losses:
 
 - dpo: `losses.dpo.dpo_loss` (Rafailov et al. 2023) on sequence log-probs from TRL's fused LM head; with
   label_smoothing 0 it is TRL's sigmoid loss.
@@ -14,10 +16,10 @@ documented point, `_compute_loss`, so that the loss is one of the pure functions
   model (so the optimiser, DeepSpeed and ZeRO partitioning see it), has its own weight decay, and is saved into
   every checkpoint as `sparsepo_mask_head.safetensors`.
 
-Logged per step (averaged over processes, TRL's names where they exist): rewards/chosen, rewards/rejected,
-rewards/accuracies, rewards/margins, logps/chosen, logps/rejected; rpo/dpo_loss, rpo/regularizer;
-sparsepo/u, sparsepo/d, sparsepo/l1, mask/sparsity (fraction of valid tokens below 1e-3), mask/mean and, with
-separate masks, mask/kl_sparsity and mask/kl_mean.
+Logged per step into TRL's `_metrics` store (averaged over processes, TRL's names where they exist):
+rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected;
+rpo/dpo_loss, rpo/regularizer; sparsepo/u, sparsepo/d, sparsepo/l1, mask/sparsity (fraction of valid tokens
+below 1e-3), mask/mean and, with separate masks, mask/kl_sparsity and mask/kl_mean.
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from alignment.checkpointing import AtomicCheckpointMixin
-from alignment.config import PreferenceConfig
 from alignment.errors import ConfigError
-from alignment.losses.common import IGNORE_INDEX, masked_sum, token_logps
-from alignment.losses.dpo import dpo_loss
-from alignment.losses.rpo import rpo_loss
-from alignment.losses.sparsepo import SparseMaskHead, activation_mask, sparsepo_loss, token_kl
+from alignment.learners.checkpointing import AtomicCheckpointMixin
+from alignment.learners.losses.common import IGNORE_INDEX, ChosenRejected, masked_sum, split_pairs, token_logps
+from alignment.learners.losses.dpo import dpo_loss
+from alignment.learners.losses.rpo import rpo_loss
+from alignment.learners.losses.sparsepo import SparseMaskHead, activation_mask, sparsepo_loss, token_kl
+from alignment.recipes.recipe import PreferenceConfig
 
 MASK_HEAD_FILE = "sparsepo_mask_head.safetensors"
 MASK_HEAD_MODULE = "sparsepo_mask_head"
@@ -214,14 +216,22 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         self, policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, shift_mask: torch.Tensor, mode: str
     ) -> torch.Tensor:
         s = self.settings
-        pc, pr = masked_sum(policy_token_logps, shift_mask).chunk(2)
-        rc, rr = masked_sum(ref_token_logps, shift_mask).chunk(2)
-        self._log_pair_metrics(pc, pr, rc, rr, mode)
+        policy = split_pairs(masked_sum(policy_token_logps, shift_mask))
+        reference = split_pairs(masked_sum(ref_token_logps, shift_mask))
+        self._log_pair_metrics(policy, reference, mode)
         if self.algorithm == "dpo":
-            return dpo_loss(pc, pr, rc, rr, s.beta, s.label_smoothing).losses.mean()
-        chosen_token_logps, _ = policy_token_logps.chunk(2)
-        chosen_mask, _ = shift_mask.chunk(2)
-        out = rpo_loss(pc, pr, rc, rr, chosen_token_logps, chosen_mask, s.beta, s.rpo_eta, s.rpo_version)
+            return dpo_loss(
+                policy=policy, reference=reference, beta=s.beta, label_smoothing=s.label_smoothing
+            ).losses.mean()
+        out = rpo_loss(
+            policy=policy,
+            reference=reference,
+            chosen_token_logps=split_pairs(policy_token_logps).chosen,
+            chosen_mask=split_pairs(shift_mask).chosen,
+            beta=s.beta,
+            eta=s.rpo_eta,
+            version=s.rpo_version,
+        )
         self._log_mean(mode, "rpo/dpo_loss", out.dpo_losses)
         self._log_mean(mode, "rpo/regularizer", out.regularizer)
         return out.losses.mean()
@@ -252,17 +262,28 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         else:
             mu = activation_mask({k: [a[:, :-1] for a in v] for k, v in activations.items()}, shift_mask)
             lambda_u = lambda_d = 0.0  # a fixed mask: nothing to make sparse
-        pw, pl = policy_token_logps.chunk(2)
-        rw, rl = ref_token_logps.chunk(2)
-        mw, ml = shift_mask.chunk(2)
-        self._log_pair_metrics(masked_sum(pw, mw), masked_sum(pl, ml), masked_sum(rw, mw), masked_sum(rl, ml), mode)
-        mu_w, mu_l = mu.chunk(2)
-        md_w, md_l = md.chunk(2) if md is not None else (None, None)
-        kl_w, kl_l = kl.chunk(2) if kl is not None else (None, None)
+        policy, reference, valid = (
+            split_pairs(policy_token_logps),
+            split_pairs(ref_token_logps),
+            split_pairs(shift_mask),
+        )
+        self._log_pair_metrics(
+            ChosenRejected(masked_sum(policy.chosen, valid.chosen), masked_sum(policy.rejected, valid.rejected)),
+            ChosenRejected(masked_sum(reference.chosen, valid.chosen), masked_sum(reference.rejected, valid.rejected)),
+            mode,
+        )
         out = sparsepo_loss(
-            pw, rw, pl, rl, kl_w, kl_l, mw, ml, mu_w, mu_l, md_w, md_l,
-            beta=s.beta, lambda_u=lambda_u, lambda_d=lambda_d, shared_mask=md is None,
-        )  # fmt: skip
+            policy_token_logps=policy,
+            reference_token_logps=reference,
+            completion_mask=valid,
+            token_kl=split_pairs(kl) if kl is not None else None,
+            reward_mask=split_pairs(mu),
+            kl_mask=split_pairs(md) if md is not None else None,
+            beta=s.beta,
+            lambda_u=lambda_u,
+            lambda_d=lambda_d,
+            shared_mask=md is None,
+        )
         self._log_mean(mode, "sparsepo/u", out.u)
         self._log_mean(mode, "sparsepo/d", out.d)
         self._log_mean(mode, "sparsepo/l1", out.l1)
@@ -285,12 +306,12 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         self._metrics[mode][f"{name}sparsity"].append(below / n)
         self._metrics[mode][f"{name}mean"].append(total / n)
 
-    def _log_pair_metrics(
-        self, pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, mode: str
-    ) -> None:
-        """TRL's pair metrics from the sequence log-probs [B] of policy/reference on chosen/rejected, summed over completion tokens."""
+    def _log_pair_metrics(self, policy: ChosenRejected, reference: ChosenRejected, mode: str) -> None:
+        """TRL's pair metrics from the sequence log-probs [B] of policy / reference on chosen / rejected, summed
+        over completion tokens."""
         beta = self.settings.beta
-        pc, pr, rc, rr = pc.detach(), pr.detach(), rc.detach(), rr.detach()
+        pc, pr = policy.chosen.detach(), policy.rejected.detach()
+        rc, rr = reference.chosen.detach(), reference.rejected.detach()
         chosen_rewards, rejected_rewards = beta * (pc - rc), beta * (pr - rr)
         self._log_mean(mode, "rewards/chosen", chosen_rewards)
         self._log_mean(mode, "rewards/rejected", rejected_rewards)

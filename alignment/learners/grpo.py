@@ -1,18 +1,26 @@
 """GRPO on TRL's GRPOTrainer with the reward composer and the rollout worker plugged in.
 
-Three narrow subclass points, nothing else of TRL's loop is changed:
-- `rollout_func` (TRL's documented hook): samples come from a `rollout/` engine; an engine with its own copy of
-  the policy (vLLM, a rollout server) is synced first whenever an optimizer step has changed the weights.
+Where it reaches into TRL (pinned against the installed TRL by tests/test_trl_seams.py, so an upgrade that moves
+one fails loudly). One public hook, TRL-documented but marked experimental:
+- `rollout_func`: samples come from a `rollout/` engine; an engine with its own copy of the policy (vLLM, a
+  rollout server) is synced first whenever an optimizer step has changed the weights. TRL warns that the hook is
+  experimental; that one warning is filtered where the trainer is built, nowhere else.
+Three private methods, overridden because TRL offers no public point there:
 - `_calculate_rewards`: the composer scores every objective on this process's rows (failures become NaN and
   are counted); the [N, K] matrix is gathered across processes, as TRL does, and kept for the step.
 - `_generate_and_score_completions`: after TRL's own pass, the advantages are replaced by the composer's
   (masking, normalisation and weighting are the composer's job), per-objective and composite rewards and the
   weights are logged, and the weighting strategy sees the gathered matrix (identical on every rank).
+- `_get_train_sampler`: TRL's RepeatSampler re-seeded per epoch, without which a resumed run does not see the same
+  prompts as an uninterrupted one.
+And it calls TRL's private `_compute_loss` (per-objective gradients for gradient weighting) and appends to TRL's
+`_metrics` store. Checkpoints go through `AtomicCheckpointMixin` (transformers' private `_save_checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +31,7 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler
 
-from alignment.checkpointing import AtomicCheckpointMixin
+from alignment.learners.checkpointing import AtomicCheckpointMixin
 from rewards.composer import RewardComposer
 from rollout.base import Prompt, RolloutEngine, Sample, SamplingParams
 
@@ -99,7 +107,10 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         self._reward_timeouts: dict[str, int] = {}
         self._synced_step: int | None = None
         reward_funcs = [ObjectiveRewardFunction(composer, k) for k in range(len(composer.objectives))]
-        super().__init__(reward_funcs=reward_funcs, rollout_func=self._rollout, **kwargs)
+        with warnings.catch_warnings():
+            # rollout_func is the hook this learner is built on (pinned TRL range, tests/test_trl_seams.py)
+            warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
+            super().__init__(reward_funcs=reward_funcs, rollout_func=self._rollout, **kwargs)
 
     # -- rollout ---------------------------------------------------------------------------------------------
     def _sync_rollout_weights(self) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from alignment.data import check_prompt, read_dataset_rows
 from alignment.errors import DataError
+from alignment.recipes.prompt_data import check_prompt, read_dataset_rows
 from rewards.text import completion_text
 
 OnBad = Literal["skip", "error"]

@@ -1,4 +1,4 @@
-"""Held-out evaluation of a run's checkpoints: `align evaluate RUN_DIR... [--intermediate]`.
+"""Held-out evaluation of a run's checkpoints (`align evaluate RUN_DIR... [--intermediate]`).
 
 For each evaluated checkpoint the policy (the base model plus the checkpoint's LoRA adapter, or the
 checkpoint's full weights) samples `samples` completions for every prompt of a held-out prompt set with the
@@ -35,7 +35,6 @@ sampler (then not exactly KL(pi || pi_ref)). `align pareto` reads these files.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
@@ -48,8 +47,6 @@ from typing import Any
 import numpy as np
 
 from alignment.errors import ConfigError, DataError
-
-HELP = "evaluate a run's checkpoints on held-out prompts (per-objective scores in RUN_DIR/eval/)"
 
 EVAL_DIR = "eval"
 EVAL_FORMAT = "align-eval/1"
@@ -148,8 +145,8 @@ def recipe_from_run(run_dir: str | Path) -> Any:
     """The resolved recipe a run folder was trained with (its config.yaml), validated; ConfigError if absent."""
     import yaml
 
-    from alignment.config import Recipe
-    from alignment.config_loader import load_dataclass
+    from alignment.recipes.loader import load_dataclass
+    from alignment.recipes.recipe import Recipe
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -166,7 +163,7 @@ def load_eval_prompts(
     path: str | Path, prompt_column: str = "prompt", max_prompts: int | None = None
 ) -> tuple[list[Any], dict[str, list[Any]]]:
     """Held-out prompts and their other columns (which reach the reward components) from a TRL prompt dataset."""
-    from alignment.data import load_prompts
+    from alignment.recipes.prompt_data import load_prompts
 
     dataset = load_prompts(path, prompt_column, max_prompts)
     rows = [dict(row) for row in dataset]
@@ -222,7 +219,7 @@ class CheckpointEvaluator:
     """Evaluates one run's checkpoints with the run's recipe (composer, gold objectives, sampling settings)."""
 
     def __init__(self, recipe: Any, settings: EvalSettings) -> None:
-        from alignment.train import build_composer, build_composer_from
+        from alignment.learners.factory import build_composer, build_composer_from
 
         self.recipe = recipe
         self.settings = settings
@@ -232,23 +229,23 @@ class CheckpointEvaluator:
         self.composer = build_composer(recipe)
         self.gold = None
         if recipe.rewards.gold:
-            from alignment.config import RewardsConfig
+            from alignment.recipes.recipe import RewardsConfig
 
             self.gold = build_composer_from(RewardsConfig(objectives=list(recipe.rewards.gold)))
         self._base: Any = None
         self._tokenizer: Any = None
 
     def _base_model(self) -> tuple[Any, Any]:
-        from alignment.train import _load_model_and_tokenizer
+        from alignment.learners.factory import load_model_and_tokenizer
 
         if self._base is None:
-            self._base, self._tokenizer = _load_model_and_tokenizer(self.recipe)
+            self._base, self._tokenizer = load_model_and_tokenizer(self.recipe)
             self._base.eval()
         return self._base, self._tokenizer
 
     def _policy(self, checkpoint: Path | None) -> tuple[Any, Any, Any]:
         """(policy, reference-or-None, tokenizer); reference None means "the policy with its adapter disabled"."""
-        from alignment.train import _load_model_and_tokenizer
+        from alignment.learners.factory import load_model_and_tokenizer
 
         if checkpoint is None:
             base, tokenizer = self._base_model()
@@ -256,7 +253,7 @@ class CheckpointEvaluator:
         if (checkpoint / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            fresh, tokenizer = _load_model_and_tokenizer(self.recipe)  # peft injects the adapter in place
+            fresh, tokenizer = load_model_and_tokenizer(self.recipe)  # peft injects the adapter in place
             try:
                 model = PeftModel.from_pretrained(fresh, str(checkpoint), is_trainable=False)
             except (OSError, ValueError, RuntimeError) as err:
@@ -268,7 +265,9 @@ class CheckpointEvaluator:
 
             base, tokenizer = self._base_model()
             try:
-                model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=base.dtype, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(checkpoint), dtype=base.dtype, local_files_only=True, use_safetensors=True
+                )
             except (OSError, ValueError) as err:
                 raise DataError(f"{checkpoint}: cannot load the weights ({str(err).splitlines()[0]})") from None
             model.eval()
@@ -343,7 +342,7 @@ class CheckpointEvaluator:
 
 def resolve_eval_data(recipe: Any, eval_data: str | None) -> str:
     """The held-out prompt set: `eval_data` if given (``builtin:`` names allowed), else the recipe's data.eval."""
-    from alignment.config import resolve_path
+    from alignment.recipes.paths import resolve_path
 
     if eval_data is not None:
         return resolve_path(eval_data, None, "--eval-data")
@@ -375,8 +374,8 @@ def evaluate_run(
     """
     import torch
 
-    from alignment.checkpointing import checkpoint_step, complete_checkpoints
     from alignment.io import atomic_write_json
+    from alignment.learners.checkpointing import checkpoint_step, complete_checkpoints
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -413,52 +412,3 @@ def evaluate_run(
         log(f"{run_dir.name} step {step}: {scores}, KL {record['kl']['sequence']:.3f} ({record['seconds']:.1f}s)")
         written.append(path)
     return written
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `align evaluate` and `align sweep`."""
-    parser.add_argument(
-        "--eval-data",
-        default=None,
-        help="held-out prompts (default: the recipe's data.eval), e.g. builtin:quickstart_eval_prompts.jsonl",
-    )
-    parser.add_argument("--eval-prompts", type=int, default=None, help="use only the first N held-out prompts")
-    parser.add_argument("--eval-samples", type=int, default=4, help="completions per held-out prompt (default 4)")
-    parser.add_argument("--eval-seed", type=int, default=DEFAULT_SEED, help="sampling seed (same for every run)")
-    parser.add_argument(
-        "--intermediate", action="store_true", help="evaluate every complete checkpoint and the initial policy"
-    )
-
-
-def check_eval_arguments(args: argparse.Namespace) -> None:
-    """ConfigError for out-of-range evaluation options."""
-    if args.eval_prompts is not None and args.eval_prompts < 1:
-        raise ConfigError(f"--eval-prompts: must be a positive integer, got {args.eval_prompts}")
-    if args.eval_samples < 1:
-        raise ConfigError(f"--eval-samples: must be a positive integer, got {args.eval_samples}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`align evaluate RUN_DIR... [--eval-data ...] [--intermediate] [--overwrite]`."""
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by align train / sweep")
-    add_eval_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="re-evaluate steps that already have a file")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Evaluate every given run folder; exit code 0."""
-    check_eval_arguments(args)
-    for run_dir in args.runs:
-        written = evaluate_run(
-            run_dir,
-            args.eval_data,
-            max_prompts=args.eval_prompts,
-            samples=args.eval_samples,
-            seed=args.eval_seed,
-            intermediate=args.intermediate,
-            include_base=args.intermediate,
-            overwrite=args.overwrite,
-        )
-        if not written:
-            print(f"{run_dir}: already evaluated (pass --overwrite to redo)")
-    return 0

@@ -4,8 +4,8 @@ Round r (1-based) in `RUN_DIR/round-r/`:
 
 1. sample: the current policy (base model + the adapter trained so far) generates `iterative.n` completions per
    prompt with the rollout worker's transformers engine; the recipe's `rewards` composer scores them
-   (`alignment.sample.sample_pairs`). Written atomically: `samples.jsonl` (every sample with its per-objective
-   scores), `pairs.jsonl` (TRL rows: chosen = best, rejected = worst by the composite, ties skipped),
+   (`alignment.learners.onpolicy_pairs.sample_pairs`). Written atomically: `samples.jsonl` (every sample with its
+   per-objective scores), `pairs.jsonl` (TRL rows: chosen = best, rejected = worst by the composite, ties skipped),
    `sample_stats.json`.
 2. train: an ordinary preference run folder `round-r/train/` of `iterative.steps_per_round` steps on those pairs,
    continuing the previous round's adapter (TRL then keeps a frozen copy of it as the reference, so each round is
@@ -25,10 +25,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alignment.checkpointing import latest_checkpoint
-from alignment.config import Recipe
+import yaml
+
 from alignment.errors import ConfigError, DataError
 from alignment.io import MetricsWriter, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from alignment.learners.checkpointing import latest_checkpoint
+from alignment.learners.factory import build_composer, load_model_and_tokenizer
+from alignment.learners.onpolicy_pairs import sample_pairs
+from alignment.learners.run import CONFIG_FILE, METRICS_FILE, RunResult, run_training
+from alignment.learners.trainer_args import world_info
+from alignment.recipes.prompt_data import load_prompts
+from alignment.recipes.recipe import Recipe
 
 ROUND_MARKER = "ROUND_COMPLETE"
 
@@ -47,15 +54,11 @@ def round_recipe(recipe: Recipe, round_dir: Path, adapter: str | None, policy_pa
 
 
 def _sample_round(recipe: Recipe, round_dir: Path, round_index: int, policy: Recipe, composer: Any) -> dict[str, Any]:
-    from alignment.data import load_prompts
-    from alignment.sample import sample_pairs
-    from alignment.train import _load_model_and_tokenizer
-
     it = recipe.iterative
     dataset = load_prompts(str(it.prompts), recipe.data.prompt_column, it.max_prompts)
     prompts = list(dataset["prompt"])
     columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
-    model, tokenizer = _load_model_and_tokenizer(policy)
+    model, tokenizer = load_model_and_tokenizer(policy)
     model.eval()
     params = recipe.rollout.sampling_params(seed=recipe.seed * 1000 + round_index)
     samples, rows, stats = sample_pairs(
@@ -82,12 +85,8 @@ def _last_train_metrics(train_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in records[-1].items() if isinstance(v, int | float)} if records else {}
 
 
-def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> Any:
+def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
     """Run `recipe.iterative.rounds` rounds (see the module docstring); returns a `RunResult`."""
-    import yaml
-
-    from alignment.train import CONFIG_FILE, METRICS_FILE, RunResult, build_composer, run_training, world_info
-
     if world_info()[1] > 1:
         raise ConfigError(
             "iterative.rounds: iterative preference training runs in one process (its rounds launch their own "

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import masked_sum
+from .common import ChosenRejected, masked_sum
 
 __all__ = [
+    "ChosenRejected",
     "MaskHeadOutput",
     "SparseMaskHead",
     "SparsePOOutput",
@@ -88,18 +89,13 @@ def _l1(m: torch.Tensor | None, valid: torch.Tensor, zero: torch.Tensor) -> torc
 
 
 def sparsepo_loss(
-    policy_logps_w: torch.Tensor,
-    ref_logps_w: torch.Tensor,
-    policy_logps_l: torch.Tensor,
-    ref_logps_l: torch.Tensor,
-    kl_w: torch.Tensor | None,
-    kl_l: torch.Tensor | None,
-    mask_w: torch.Tensor,
-    mask_l: torch.Tensor,
-    mu_w: torch.Tensor | None,
-    mu_l: torch.Tensor | None,
-    md_w: torch.Tensor | None,
-    md_l: torch.Tensor | None,
+    *,
+    policy_token_logps: ChosenRejected,
+    reference_token_logps: ChosenRejected,
+    completion_mask: ChosenRejected,
+    token_kl: ChosenRejected | None,
+    reward_mask: ChosenRejected | None,
+    kl_mask: ChosenRejected | None,
     beta: float,
     lambda_u: float = 0.0,
     lambda_d: float = 0.0,
@@ -107,51 +103,49 @@ def sparsepo_loss(
 ) -> SparsePOOutput:
     """SparsePO loss (Christopoulou et al. 2024, arXiv 2410.05102), formulas in the module docstring.
 
+    Every pair argument holds the chosen side ``[B, T]`` and the rejected side ``[B, T']``.
+
     Args:
-        policy_logps_w: ``[B, T]`` policy per-token log-probs of the chosen completion.
-        ref_logps_w: ``[B, T]`` reference per-token log-probs of the chosen completion.
-        policy_logps_l: ``[B, T']`` policy per-token log-probs of the rejected completion.
-        ref_logps_l: ``[B, T']`` reference per-token log-probs of the rejected completion.
-        kl_w: ``[B, T]`` :func:`token_kl` on the chosen completion, or ``None`` (with ``kl_l``) to drop the KL
-            term (``D = 0``; ``md`` and ``lambda_d`` are then unused).
-        kl_l: ``[B, T']`` :func:`token_kl` on the rejected completion, or ``None``.
-        mask_w: ``[B, T]`` 1 on valid chosen-completion tokens (every sum and L1 norm runs over these only).
-        mask_l: ``[B, T']`` 1 on valid rejected-completion tokens.
-        mu_w: ``[B, T]`` reward mask on the chosen tokens (non-negative), or ``None`` for a fixed all-ones mask
-            (not learned, so it adds no L1 penalty).
-        mu_l: ``[B, T']`` reward mask on the rejected tokens, or ``None`` (all ones).
-        md_w: ``[B, T]`` KL mask on the chosen tokens, or ``None``: all ones when ``shared_mask`` is False
-            (unweighted token KL, no L1), ``mu_w`` when it is True.
-        md_l: ``[B, T']`` KL mask on the rejected tokens, or ``None`` (same rule).
+        policy_token_logps: policy per-token log-probs of the chosen / rejected completions.
+        reference_token_logps: reference per-token log-probs of the chosen / rejected completions.
+        completion_mask: 1 on valid completion tokens (every sum and L1 norm runs over these only).
+        token_kl: :func:`token_kl` on each completion, or ``None`` to drop the KL term (``D = 0``; ``kl_mask`` and
+            ``lambda_d`` are then unused).
+        reward_mask: the reward masks ``mu_w`` / ``mu_l`` (non-negative), or ``None`` for fixed all-ones masks (not
+            learned, so no L1 penalty).
+        kl_mask: the KL masks ``md_w`` / ``md_l``, or ``None``: all ones when ``shared_mask`` is False (unweighted
+            token KL, no L1), the reward masks when it is True.
         beta: inverse temperature (authors: 0.1 dialogue to 0.8 sentiment, summarisation, code).
         lambda_u: L1 weight on the reward masks.
         lambda_d: L1 weight on the KL masks.
         shared_mask: one mask for both terms (``md = mu``). Following SPECS section 4, the two L1 weights are then
             halved: the penalty is ``(lambda_u / 2 + lambda_d / 2) (|mu_w|_1 + |mu_l|_1)``, so a shared mask with
-            ``lambda_u = lambda_d = lambda`` is penalised once with ``lambda`` rather than twice. ``md_w``/``md_l``
-            must then be ``None`` or equal to ``mu_w``/``mu_l``. When the KL term is dropped (``kl_* = None``)
-            the penalty is ``lambda_u (|mu_w|_1 + |mu_l|_1)`` whatever ``shared_mask`` says.
+            ``lambda_u = lambda_d = lambda`` is penalised once with ``lambda`` rather than twice. ``kl_mask`` must
+            then be ``None`` or equal to ``reward_mask``. When the KL term is dropped (``token_kl = None``) the
+            penalty is ``lambda_u (|mu_w|_1 + |mu_l|_1)`` whatever ``shared_mask`` says.
 
     Returns:
         :class:`SparsePOOutput` (``losses``, ``chosen_rewards``, ``rejected_rewards``, ``u``, ``d``, ``l1``), each
         ``[B]``.
     """
-    if (kl_w is None) != (kl_l is None):
-        raise ValueError("kl_w and kl_l must both be given or both be None")
+    mask_w, mask_l = completion_mask
+    mu_w, mu_l = reward_mask if reward_mask is not None else (None, None)
+    md_w, md_l = kl_mask if kl_mask is not None else (None, None)
     if shared_mask:
-        for md, mu, name in ((md_w, mu_w, "md_w"), (md_l, mu_l, "md_l")):
+        for md, mu, name in ((md_w, mu_w, "kl_mask.chosen"), (md_l, mu_l, "kl_mask.rejected")):
             if md is not None and (mu is None or md.shape != mu.shape or not torch.equal(md, mu)):
                 raise ValueError(f"shared_mask=True: {name} must be None or equal to the reward mask")
         md_w, md_l = mu_w, mu_l
 
-    lw = policy_logps_w - ref_logps_w
-    ll = policy_logps_l - ref_logps_l
+    lw = policy_token_logps.chosen - reference_token_logps.chosen
+    ll = policy_token_logps.rejected - reference_token_logps.rejected
     rw = masked_sum(lw if mu_w is None else mu_w * lw, mask_w)
     rl = masked_sum(ll if mu_l is None else mu_l * ll, mask_l)
     u = rw - rl
 
     zero = torch.zeros_like(u)
-    if kl_w is not None:
+    if token_kl is not None:
+        kl_w, kl_l = token_kl
         dw = masked_sum(kl_w if md_w is None else md_w * kl_w, mask_w)
         dl = masked_sum(kl_l if md_l is None else md_l * kl_l, mask_l)
     else:
@@ -159,7 +153,7 @@ def sparsepo_loss(
     d = dl - dw
 
     l1_u = _l1(mu_w, mask_w, zero) + _l1(mu_l, mask_l, zero)
-    if kl_w is None:
+    if token_kl is None:
         l1 = lambda_u * l1_u  # no KL term, so no KL mask to penalise (and nothing to halve)
     elif shared_mask:
         l1 = 0.5 * (lambda_u + lambda_d) * l1_u

@@ -1,4 +1,5 @@
-"""`align eval-rm`: how well a reward (component, reward model or whole composer) ranks preference pairs.
+"""Reward-model evaluation (`align eval-rm`): how well a reward (component, reward model or whole composer) ranks
+preference pairs.
 
 Report fields: pairwise accuracy (chosen scored higher; ties count half) with a 95% Wilson interval, strict
 accuracy, ties, mean margin, length bias (accuracy on pairs whose chosen answer is shorter vs longer, and the
@@ -14,16 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from alignment.errors import ConfigError
-from alignment.preference_data import read_preference_rows
-from rewards.composer import Objective, RewardComposer
-from rewards.errors import RewardConfigError
-from rewards.registry import COMPONENTS, build_component
+from alignment.io import atomic_write_json
+from alignment.learners.factory import composer_from_spec
+from alignment.recipes.preference_data import read_preference_rows
+from rewards.composer import RewardComposer
 from rewards.rules import text_length
 from rewards.text import completion_text
-from rewards.weighting import StaticWeights
 
 COMPOSITE = "composite"
 
@@ -32,45 +30,6 @@ def load_preference_pairs(path: str | Path) -> list[dict[str, Any]]:
     """TRL preference rows (`prompt`, `chosen`, `rejected`; standard or conversational, explicit or implicit
     prompt) from a local file, every row checked strictly. Raises DataError naming the file and row."""
     return read_preference_rows(path, on_bad="error")[0]
-
-
-def composer_from_spec(spec: str) -> RewardComposer:
-    """A composer from SPEC: a component name, a `module:function`, a reward-model folder, or a YAML file
-    holding a recipe (its `rewards` section) or a bare `objectives:` list."""
-    path = Path(spec).expanduser()
-    try:
-        if spec.endswith((".yaml", ".yml")):
-            return _composer_from_yaml(path)
-        if path.is_dir():
-            component = build_component("reward_model", "reward_model", {"path": str(path)})
-            return RewardComposer([Objective(component.name, component)], StaticWeights([1.0]))
-        if spec in COMPONENTS or ":" in spec:
-            component = build_component(spec, spec, {})
-            return RewardComposer([Objective(component.name, component)], StaticWeights([1.0]))
-    except RewardConfigError as err:
-        raise ConfigError(f"--reward {spec}: {err}") from None
-    raise ConfigError(
-        f"--reward: {spec!r} is not a component ({', '.join(sorted(COMPONENTS))}), a module:function, a reward "
-        "model folder or a YAML file"
-    )
-
-
-def _composer_from_yaml(path: Path) -> RewardComposer:
-    from alignment.config import RewardsConfig
-    from alignment.config_loader import load_dataclass
-    from alignment.train import build_composer_from
-
-    if not path.is_file():
-        raise ConfigError(f"--reward: {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--reward: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--reward: {path} must hold a mapping")
-    section = data.get("rewards", data)
-    rewards = load_dataclass(RewardsConfig, section, "rewards")
-    return build_composer_from(rewards)
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -177,8 +136,6 @@ def format_table(report: dict[str, Any]) -> str:
 
 def run_eval_rm(spec: str, data: str | Path, out: str | Path) -> dict[str, Any]:
     """Evaluate SPEC on the pairs in `data`, write the JSON report atomically to `out`, return it."""
-    from alignment.io import atomic_write_json
-
     composer = composer_from_spec(spec)
     pairs = load_preference_pairs(data)
     report = evaluate_pairs(composer, pairs)
