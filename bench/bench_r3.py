@@ -5,7 +5,7 @@ every step. Methods:
 
 - ``plain``: ``SentenceTransformer.encode`` of the 256 queries (one per completion, as a reward function that
   knows nothing of groups does) and of the 256 responses, then the R^3 formula;
-- ``fp32`` / ``int8`` / ``int8-full``: :class:`rewards.r3.R3Reward` on a :class:`rewards.retriever.Retriever` of
+- ``fp32`` / ``int8`` / ``int8-full``: :class:`rewards.r3.R3Reward` on a :class:`rewards.r3.retriever.Retriever` of
   that backend, ``cold`` (the step's 32 prompts are new: deduplicated, 32 prompt encodes) and ``warm`` (they
   are in the LRU cache, as on a second epoch).
 
@@ -49,7 +49,7 @@ from rewards.r3 import (  # noqa: E402
     open_ended_reward,
     repetition_penalty,
 )
-from rewards.retriever import Retriever, _load_sentence_transformer, default_model_path  # noqa: E402
+from rewards.r3.retriever import Retriever, _load_sentence_transformer, default_model_path  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "r3.json"
 

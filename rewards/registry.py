@@ -28,11 +28,11 @@ def _lazy(module: str, class_name: str) -> Callable[..., RewardComponent]:
 
 
 COMPONENTS: dict[str, Callable[..., RewardComponent]] = {
-    "r3": _lazy("rewards.r3", "R3Reward"),
-    "r3.qr": _lazy("rewards.r3", "QueryRelevance"),
-    "r3.rar": _lazy("rewards.r3", "ReferenceRelevance"),
-    "r3.li": _lazy("rewards.r3", "LengthIncentive"),
-    "r3.rp": _lazy("rewards.r3", "RepetitionPenalty"),
+    "r3": _lazy("rewards.r3.components", "R3Reward"),
+    "r3.qr": _lazy("rewards.r3.components", "QueryRelevance"),
+    "r3.rar": _lazy("rewards.r3.components", "ReferenceRelevance"),
+    "r3.li": _lazy("rewards.r3.components", "LengthIncentive"),
+    "r3.rp": _lazy("rewards.r3.components", "RepetitionPenalty"),
     "length": _lazy("rewards.rules", "LengthReward"),
     "format": _lazy("rewards.rules", "FormatReward"),
     "exact_match": _lazy("rewards.rules", "ExactMatchReward"),

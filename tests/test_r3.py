@@ -30,7 +30,7 @@ from rewards.r3 import (
     repetition_penalty,
     word_tokens,
 )
-from rewards.retriever import BACKENDS, Retriever, get_retriever
+from rewards.r3.retriever import BACKENDS, Retriever, get_retriever
 
 SKY_Q = "Why is the sky blue?"
 SKY_A = (
@@ -292,7 +292,7 @@ def test_cutting_feeds_every_factor() -> None:
 
 
 def test_retriever_matches_sentence_transformers(retriever: Retriever) -> None:
-    from rewards.retriever import _load_sentence_transformer
+    from rewards.r3.retriever import _load_sentence_transformer
 
     texts = [SKY_Q, SKY_A, OFF_TOPIC, "", "word " * 400, SKY_Q]
     ours = retriever.encode(texts)

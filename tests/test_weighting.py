@@ -232,11 +232,13 @@ def test_squash() -> None:
 def test_multiplier_step_by_hand() -> None:
     # lower bound, J = 0 < theta = 1: grad = s'(0) * (J - theta) = 0.25 * -1; v = -0.25; lambda = 0 + 0.1 * 0.25
     lam, vel = multiplier_step([0.0], [0.0], [1.0], "lower", lr=0.1, momentum=0.1)
-    np.testing.assert_allclose(lam, [0.025]) and np.testing.assert_allclose(vel, [-0.25])
+    np.testing.assert_allclose(lam, [0.025])
+    np.testing.assert_allclose(vel, [-0.25])
     s = 1 / (1 + math.exp(-0.025))
     lam2, vel2 = multiplier_step(lam, [0.0], [1.0], "lower", lr=0.1, momentum=0.1, velocity=vel)
     v = 0.1 * -0.25 + s * (1 - s) * -1.0
-    np.testing.assert_allclose(vel2, [v], rtol=1e-12) and np.testing.assert_allclose(lam2, [0.025 - 0.1 * v])
+    np.testing.assert_allclose(vel2, [v], rtol=1e-12)
+    np.testing.assert_allclose(lam2, [0.025 - 0.1 * v])
     # upper bound violated (J > theta) raises lambda; NaN J leaves it alone
     lam3, _ = multiplier_step([0.0, 0.0], [2.0, np.nan], [1.0, 1.0], "upper")
     assert lam3[0] > 0 and lam3[1] == 0

@@ -172,7 +172,7 @@ class ObjectiveConfig:
 
 @dataclass
 class WeightingConfig:
-    """How the objectives' weights move during training (see rewards/weighting.py for each strategy).
+    """How the objectives' weights move during training (see rewards/weighting/ for each strategy).
 
     static: the objectives' weights. hypervolume (Lu et al., 2025): the weights plus a meta-factor from the
     Pareto buffer's hypervolume gain; options scales, reference, buffer_size, placement (advantages|rewards),
