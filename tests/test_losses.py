@@ -482,6 +482,31 @@ def test_mask_head_shape_and_non_negative(separate):
     assert len(per_layer.reward_head.norms) == 3
 
 
+def test_mask_head_starts_from_the_authors_init_and_decays_only_linear_weights():
+    """N(0, 0.02) Linear weights and zero biases (a Hugging Face model's _init_weights, where the authors build the
+    head); PyTorch's default init (uniform in +-1/sqrt(fan_in), std 1/sqrt(3 fan_in) = 0.036 here) only on request."""
+    torch.manual_seed(0)
+    head = SparseMaskHead(num_layers=8, hidden=256, separate=True)
+    weights = torch.cat([lin.weight.flatten() for b in (head.reward_head, head.kl_head) for lin in b.per_layer])
+    assert weights.numel() == 4096
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05)  # std of 4096 draws: within ~2.2% at 2 sigma
+    assert abs(weights.mean().item()) < 0.002
+    biases = [lin.bias for b in (head.reward_head, head.kl_head) for lin in b.per_layer]
+    assert all(torch.equal(bias, torch.zeros(1)) for bias in biases)
+    assert torch.equal(head.reward_head.norms[0].weight, torch.ones(256))
+    assert head.reward_head.dropout.p == 0.0  # the authors' trainer turns the head's dropout off
+    pytorch_default = SparseMaskHead(num_layers=8, hidden=256, init_std=None)
+    default_weights = torch.cat([lin.weight.flatten() for lin in pytorch_default.reward_head.per_layer])
+    assert default_weights.std().item() == pytest.approx((3 * 256) ** -0.5, rel=0.05)
+    assert any(lin.bias.abs().sum() > 0 for lin in pytorch_default.reward_head.per_layer)
+    # weight decay goes to the Linear weights only (biases and LayerNorm parameters get none, as HF's Trainer)
+    decayed = {id(p) for p in head.decayed_parameters()}
+    expected = {id(lin.weight) for b in (head.reward_head, head.kl_head) for lin in (*b.per_layer, b.mixer)}
+    assert decayed == expected and len(decayed) == 18
+    with pytest.raises(ValueError, match="init_std"):
+        SparseMaskHead(num_layers=2, hidden=4, init_std=0.0)
+
+
 def test_mask_head_trains():
     torch.manual_seed(0)
     head = SparseMaskHead(num_layers=4, hidden=8, dropout=0.0, separate=True)

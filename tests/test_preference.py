@@ -9,17 +9,24 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from alignment.cli import main
-from alignment.errors import DataError
+from alignment.errors import ConfigError, DataError
 from alignment.learners.checkpointing import complete_checkpoints
-from alignment.learners.preference import MASK_HEAD_FILE, PreferenceTrainer
+from alignment.learners.preference import (
+    MASK_HEAD_FILE,
+    ActivationRecorder,
+    PreferenceTrainer,
+    activation_hook_points,
+)
+from alignment.recipes.loader import load_dataclass
 from alignment.recipes.preference_data import drop_long_prompts, read_preference_rows
-from alignment.recipes.recipe import PreferenceConfig
+from alignment.recipes.recipe import PreferenceConfig, load_recipe
 
 TOPICS = ("bread", "rivers", "bees", "snow", "trains", "tea", "owls", "glass")
 
@@ -144,6 +151,8 @@ def test_sparsepo_activation_mask_and_separate_heads_log_their_masks(tmp_path: P
     metrics = act._metrics["eval"]
     assert 0.0 < metrics["mask/mean"][-1] < 1.0  # min-max scaled activations
     assert "mask/kl_mean" not in metrics
+    # the default hooks are the authors' "all": on the 2-layer model 2 mlp, 8 attn, 14 resid and 1 logits tensors
+    assert len(act.recorder._handles) == 25
     sep, _ = trainers(tmp_path / "s", tiny_model_dir, {"algorithm": "sparsepo", "separate_masks": True})
     batch_loss(sep)
     assert {"mask/sparsity", "mask/mean", "mask/kl_sparsity", "mask/kl_mean", "sparsepo/d"} <= set(sep._metrics["eval"])
@@ -154,8 +163,121 @@ def test_mask_head_gets_its_own_weight_decay(tmp_path: Path, tiny_model_dir: Pat
     optimizer = mine.create_optimizer()
     head_ids = {id(p) for p in mine.mask_head.parameters()}
     groups = [g for g in optimizer.param_groups if any(id(p) in head_ids for p in g["params"])]
-    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.03
-    assert {id(p) for p in groups[0]["params"]} == head_ids
+    # as the authors' optimiser: the head's Linear weights decay, its biases and LayerNorm do not
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.03]
+    decayed = next(g for g in groups if g["weight_decay"] == 0.03)
+    assert {id(p) for p in decayed["params"]} == {id(p) for p in mine.mask_head.decayed_parameters()}
+    assert {id(p) for g in groups for p in g["params"]} == head_ids
+    assert all(id(p) not in head_ids for g in optimizer.param_groups if g not in groups for p in g["params"])
+
+
+def test_mask_head_starts_like_the_authors_with_dropout_off(tmp_path: Path, tiny_model_dir: Path) -> None:
+    mine, _ = trainers(tmp_path, tiny_model_dir, {"algorithm": "sparsepo"})
+    head = mine.mask_head
+    assert all(m.p == 0.0 for m in head.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(torch.equal(lin.bias, torch.zeros(1)) for lin in head.reward_head.per_layer)
+    weights = torch.cat([lin.weight.flatten() for lin in head.reward_head.per_layer])
+    assert weights.abs().max().item() < 0.02 * 5  # N(0, initializer_range = 0.02): no draw of 64 beyond 5 sigma
+    # dropout off: the training-mode loss is deterministic
+    mine.model.train()
+    batch = mine.data_collator([mine.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        first, second = (float(mine.compute_loss(mine.model, batch)) for _ in range(2))
+    assert first == second
+
+
+def test_sparsepo_logs_the_masked_rewards_the_loss_uses(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """rewards/* carry beta * sum_t mu_t l_t (what the loss uses), dpo_rewards/* the unmasked DPO rewards; with a
+    constant mask of 0.5 the first are half the second, and the loss's logit is the margin minus beta * D."""
+    sparse, _ = trainers(tmp_path / "s", tiny_model_dir, {"algorithm": "sparsepo"})
+    head = sparse.mask_head
+    with torch.no_grad():  # every per-layer score 1, mixed by 0.5/L: the mask is 0.5 on every token
+        for layer in head.reward_head.per_layer:
+            layer.weight.zero_()
+            layer.bias.fill_(1.0)
+        head.reward_head.mixer.weight.fill_(0.5 / head.num_layers)
+    batch_loss(sparse)
+    m = {k: v[-1] for k, v in sparse._metrics["eval"].items()}
+    assert m["mask/mean"] == pytest.approx(0.5)
+    assert abs(m["dpo_rewards/margins"]) > 1e-3, "policy and reference must differ for the check to mean anything"
+    for side in ("chosen", "rejected", "margins"):
+        assert m[f"rewards/{side}"] == pytest.approx(0.5 * m[f"dpo_rewards/{side}"], abs=1e-6)
+    assert m["rewards/accuracies"] == m["dpo_rewards/accuracies"]  # halving both sides keeps every comparison
+    assert m["sparsepo/logit"] == pytest.approx(m["rewards/margins"] - 0.3 * m["sparsepo/d"], abs=1e-6)
+    assert m["rewards/margins"] == pytest.approx(0.3 * m["sparsepo/u"], abs=1e-6)
+    # DPO's own rewards are the same numbers under TRL's names
+    dpo, _ = trainers(tmp_path / "d", tiny_model_dir, {"algorithm": "dpo"})
+    batch_loss(dpo)
+    assert dpo._metrics["eval"]["rewards/margins"][-1] == pytest.approx(m["dpo_rewards/margins"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "settings", "beta", "eta"),
+    [
+        ("dpo", {}, 0.1, 0.005),
+        ("sparsepo", {}, 0.1, 0.005),
+        ("rpo", {}, 0.01, 0.005),
+        ("rpo", {"rpo_version": "sum"}, 0.01, 0.005),
+        ("rpo", {"rpo_version": "mean"}, 0.5, 0.2),
+        ("rpo", {"rpo_version": "trl_sft"}, 0.1, 1.0),
+        ("rpo", {"rpo_version": "mean", "beta": 0.3}, 0.3, 0.2),
+        ("rpo", {"rpo_version": "sum", "rpo_eta": 0.7}, 0.01, 0.7),
+    ],
+)
+def test_unset_beta_and_eta_take_the_authors_values(algorithm: str, settings: dict, beta: float, eta: float) -> None:
+    config = PreferenceConfig(**settings)
+    resolved = config.resolved(algorithm)
+    assert (resolved.beta, resolved.rpo_eta) == (beta, eta)
+    assert config.beta == settings.get("beta") and config.rpo_eta == settings.get("rpo_eta")  # not mutated
+    assert resolved.resolved(algorithm) == resolved
+
+
+def test_preference_config_checks_hook_types() -> None:
+    with pytest.raises(ConfigError, match=r"preference.activation_hooks: unknown hook type\(s\) \['self_attn'\]"):
+        load_dataclass(PreferenceConfig, {"activation_hooks": ["mlp", "self_attn"]}, "preference")
+    assert PreferenceConfig(activation_hooks=["logits", "all"]).hook_types() == ["mlp", "attn", "resid", "logits"]
+    assert PreferenceConfig(activation_hooks=["resid", "mlp"]).hook_types() == ["mlp", "resid"]
+    with pytest.raises(ConfigError, match="preference.beta: must be > 0 or null"):
+        load_dataclass(PreferenceConfig, {"beta": 0}, "preference")
+
+
+def test_activation_hooks_read_the_authors_sites(tiny_model_dir: Path) -> None:
+    """The hook points per type, and the values of those that Hugging Face also returns (hidden states, logits)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    points = activation_hook_points(model, ["mlp", "attn", "resid", "logits"])
+    kinds = [kind for kind, _, _ in points]
+    assert {k: kinds.count(k) for k in set(kinds)} == {"mlp": 2, "attn": 8, "resid": 14, "logits": 1}
+    layers = model.get_decoder().layers
+    assert points[0][1:] == (layers[0].mlp.down_proj, "input")
+    recorder = ActivationRecorder([p for p in points if p[0] in ("resid", "logits")])
+    ids = torch.randint(0, 200, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), recorder.record() as recorded:
+        out = model(input_ids=ids, output_hidden_states=True)
+    resid = recorded["resid"]
+    assert len(resid) == 14 and all(t.shape == (2, 9, 1) for t in resid)
+    # in forward order: embeddings; per layer input norm, attention out, residual after attention, its norm, MLP out,
+    # layer out; final norm. HF returns the embeddings, the first layer's output and the final norm's output too.
+    torch.testing.assert_close(resid[0], out.hidden_states[0].mean(-1, keepdim=True))
+    torch.testing.assert_close(resid[6], out.hidden_states[1].mean(-1, keepdim=True))
+    torch.testing.assert_close(resid[13], out.hidden_states[-1].mean(-1, keepdim=True))
+    torch.testing.assert_close(recorded["logits"][0], out.logits.mean(-1, keepdim=True))
+    # residual after attention = layer input + attention output; layer output = that residual + MLP output
+    torch.testing.assert_close(resid[3], resid[0] + resid[2])
+    torch.testing.assert_close(resid[6], resid[3] + resid[5])
+    recorder.remove()
+    # under LoRA the same sites are found through the PEFT wrapper
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
+    assert [k for k, _, _ in activation_hook_points(lora, ["mlp", "attn"])] == ["mlp"] * 2 + ["attn"] * 8
+
+
+def test_activation_hooks_refuse_a_model_they_do_not_know() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8))
+    with pytest.raises(ConfigError, match="preference.activation_hooks: .*Llama-style"):
+        activation_hook_points(gpt2, ["mlp"])
 
 
 # --- bad rows ---------------------------------------------------------------------------------------------------
@@ -276,3 +398,61 @@ def test_dpo_full_fine_tuning_moves_the_margin(tmp_path: Path, tiny_model_dir: P
     assert records[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 1
     assert records[-1]["rewards/margins"] > 0.05
     assert (run / "checkpoint-6" / "model.safetensors").is_file()
+
+
+# --- the paper recipes ---------------------------------------------------------------------------------------------
+
+PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
+# The authors' settings each configs/paper recipe must carry (docs/FIDELITY.md): (algorithm, preference, train).
+PAPER_SETTINGS = {
+    "dpo": ("dpo", {"beta": 0.1, "label_smoothing": 0.0}, {"learning_rate": 1e-6, "lr_scheduler_type": "constant"}),
+    "rpo_sum": ("rpo", {"rpo_version": "sum", "beta": 0.01, "rpo_eta": 0.005}, {"learning_rate": 5e-7}),
+    "rpo_mean": ("rpo", {"rpo_version": "mean", "beta": 0.5, "rpo_eta": 0.2}, {"learning_rate": 5e-7}),
+    "sparsepo": (
+        "sparsepo",
+        {
+            "beta": 0.1,
+            "mask": "sparse",
+            "separate_masks": False,
+            "use_kl": True,
+            "lambda_u": 0.001,
+            "lambda_d": 0.001,
+            "mask_dropout": 0.0,
+            "mask_weight_decay": 0.01,
+        },
+        {"learning_rate": 5e-7, "lr_scheduler_type": "cosine"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
+def test_paper_recipes_carry_the_authors_settings(name: str) -> None:
+    algorithm, preference, train = PAPER_SETTINGS[name]
+    recipe = load_recipe(PAPER / f"{name}.yaml")
+    resolved = recipe.preference.resolved(recipe.algorithm)
+    assert recipe.algorithm == algorithm and recipe.peft.enabled is False  # every author trained all weights
+    assert {k: getattr(resolved, k) for k in preference} == preference
+    assert {k: getattr(recipe.train, k) for k in train} == train
+    assert sorted(p.stem for p in PAPER.glob("*.yaml")) == sorted(PAPER_SETTINGS)
+
+
+def test_cpu_rpo_recipe_takes_the_authors_sum_defaults() -> None:
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "configs" / "rpo.yaml")
+    assert (recipe.preference.beta, recipe.preference.rpo_eta) == (None, None)
+    resolved = recipe.preference.resolved("rpo")
+    assert (resolved.rpo_version, resolved.beta, resolved.rpo_eta) == ("sum", 0.01, 0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
+def test_paper_recipe_runs_shortened_and_records_the_values_used(tmp_path: Path, name: str) -> None:
+    run = tmp_path / name
+    args = ["train", str(PAPER / f"{name}.yaml"), "--output-dir", str(run)]
+    for override in ("train.max_steps=1", "train.pairs_per_step=2", "train.save_steps=1", "train.report_to=[none]"):
+        args += ["--set", override]
+    assert main(args) == 0
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and "rewards/accuracies" in record
+    written = yaml.safe_load((run / "config.yaml").read_text())["preference"]
+    _, preference, _ = PAPER_SETTINGS[name]
+    assert {k: written[k] for k in preference} == preference

@@ -12,14 +12,21 @@ head gets its own parameter group). The losses:
 - rpo: `losses.rpo.rpo_loss` (Liu et al. 2024; sum, mean or TRL's pooled SFT form).
 - sparsepo: `losses.sparsepo.sparsepo_loss` (Christopoulou et al. 2024) with full logits (the token-level KL
   needs the whole vocabulary) and either the learned `SparseMaskHead` on the reference hidden states or the
-  activation mask from forward hooks on reference sub-modules. The mask head is a sub-module of the trained
-  model (so the optimiser, DeepSpeed and ZeRO partitioning see it), has its own weight decay, and is saved into
-  every checkpoint as `sparsepo_mask_head.safetensors`.
+  activation mask from forward hooks on the reference model (`activation_hook_points`: the authors' hook types
+  mlp / attn / resid / logits mapped onto a Llama-style decoder). The mask head is a sub-module of the trained
+  model (so the optimiser, DeepSpeed and ZeRO partitioning see it), starts from the authors' N(0, 0.02) init, has
+  its own weight decay, and is saved into every checkpoint as `sparsepo_mask_head.safetensors`.
+
+`beta` and `rpo_eta` left unset in the recipe take the authors' defaults (`PreferenceConfig.resolved`).
 
 Logged per step into TRL's `_metrics` store (averaged over processes, TRL's names where they exist):
-rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected;
-rpo/dpo_loss, rpo/regularizer; sparsepo/u, sparsepo/d, sparsepo/l1, mask/sparsity (fraction of valid tokens
-below 1e-3), mask/mean and, with separate masks, mask/kl_sparsity and mask/kl_mean.
+rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins (the implicit rewards the loss uses:
+beta * log-ratio summed over completion tokens; for SparsePO weighted by the reward mask, beta * sum_t mu_t l_t),
+logps/chosen, logps/rejected; rpo/dpo_loss, rpo/regularizer; for SparsePO also sparsepo/u, sparsepo/d,
+sparsepo/l1, sparsepo/logit (the loss's logit beta * (U - D)), sparsepo/logit_accuracy (fraction of pairs with
+U - D > 0), dpo_rewards/chosen|rejected|accuracies|margins (the unmasked DPO rewards, for comparison with DPO
+runs), mask/sparsity (fraction of valid tokens below 1e-3), mask/mean and, with separate masks, mask/kl_sparsity
+and mask/kl_mean.
 """
 
 from __future__ import annotations
@@ -49,24 +56,42 @@ MASK_HEAD_MODULE = "sparsepo_mask_head"
 SPARSITY_THRESHOLD = 1e-3
 
 
-class ActivationRecorder:
-    """Forward hooks that keep the outputs of named sub-modules while recording is on.
+HookPoint = tuple[str, torch.nn.Module, str]  # (hook type, module, "input" | "output")
 
-    `modules` maps a hook type (e.g. "mlp") to the modules of that type, in layer order. Outputs that are tuples
-    (attention blocks) contribute their first element.
+
+class ActivationRecorder:
+    """Forward hooks that keep, per hook type, the hidden-dim mean ``[B, L, 1]`` of each hooked tensor while
+    recording is on (the activation mask reduces over the hidden dim first, so nothing wider is kept).
+
+    `points` are (hook type, module, "input" | "output"): "output" hooks the module's output (its first element when
+    it is a tuple), "input" its first positional input (or its `hidden_states` keyword).
     """
 
-    def __init__(self, modules: dict[str, list[torch.nn.Module]]) -> None:
+    def __init__(self, points: list[HookPoint]) -> None:
         self.recording = False
         self.outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._handles = [
-            module.register_forward_hook(self._hook(kind)) for kind, group in modules.items() for module in group
+            module.register_forward_pre_hook(self._pre_hook(kind), with_kwargs=True)
+            if where == "input"
+            else module.register_forward_hook(self._hook(kind))
+            for kind, module, where in points
         ]
+
+    def _keep(self, kind: str, value: Any) -> None:
+        tensor = value[0] if isinstance(value, tuple) else value
+        self.outputs[kind].append(tensor.detach().float().mean(dim=-1, keepdim=True))
 
     def _hook(self, kind: str) -> Any:
         def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
             if self.recording:
-                self.outputs[kind].append((output[0] if isinstance(output, tuple) else output).detach())
+                self._keep(kind, output)
+
+        return keep
+
+    def _pre_hook(self, kind: str) -> Any:
+        def keep(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+            if self.recording:
+                self._keep(kind, args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values()))))
 
         return keep
 
@@ -84,21 +109,82 @@ class ActivationRecorder:
             handle.remove()
 
 
-def find_hook_modules(model: torch.nn.Module, kinds: list[str]) -> dict[str, list[torch.nn.Module]]:
-    """Sub-modules whose attribute name is one of `kinds` (e.g. every decoder layer's `mlp`), per kind.
+# The authors' hook sites (huawei-noah/HEBO SparsePO, MAPOTrainer.config_hooks) on a Llama-style decoder layer
+# (Llama, Qwen2/3, Mistral, Gemma: self_attn.{q,k,v,o}_proj, mlp.down_proj, input/post_attention_layernorm):
+# (hook type, path inside the layer, "input" | "output"); "" is the layer itself.
+_LAYER_HOOKS: tuple[tuple[str, str, str], ...] = (
+    ("mlp", "mlp.down_proj", "input"),  # mlp.post_act: the activated MLP hidden state before the down projection
+    ("attn", "self_attn.q_proj", "output"),  # attn.q (before RoPE)
+    ("attn", "self_attn.k_proj", "output"),  # attn.k
+    ("attn", "self_attn.v_proj", "output"),  # attn.v
+    ("attn", "self_attn.o_proj", "input"),  # attn.v_out: attention output before the output projection
+    ("resid", "input_layernorm", "output"),  # resid.torso.input_ln_attn
+    ("resid", "self_attn", "output"),  # resid.torso.delta_attn
+    ("resid", "post_attention_layernorm", "input"),  # resid.torso.post_attn: residual stream after attention
+    ("resid", "post_attention_layernorm", "output"),  # resid.torso.post_ln_attn
+    ("resid", "mlp", "output"),  # resid.torso.delta_mlp
+    ("resid", "", "output"),  # resid.torso.post_mlp: the layer's output
+)
 
-    Raises ConfigError naming the kind when a model has no such module.
+
+def _sub_module(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    module: Any = root
+    for part in path.split(".") if path else []:
+        module = getattr(module, part, None)
+        if not isinstance(module, torch.nn.Module):
+            return None
+    return module
+
+
+def activation_hook_points(model: torch.nn.Module, hook_types: list[str]) -> list[HookPoint]:
+    """Where the SparsePO activation mask reads the reference model, for the authors' hook types.
+
+    Per decoder layer: mlp = the MLP's activated hidden state (input of ``mlp.down_proj``); attn = the q, k, v
+    projections and the attention output before ``o_proj``; resid = the attention block's input norm, its output,
+    the residual after it (input of ``post_attention_layernorm``), that norm's output, the MLP's output and the
+    layer's output; plus, once per model, resid = the token embeddings and the final norm's output, and logits =
+    the LM head's output. Not hooked (no module boundary in Hugging Face's attention): the post-RoPE q and k,
+    which the authors' own GPT-NeoX/GPT-J code hooks too; see docs/FIDELITY.md.
+
+    Args:
+        model: a Hugging Face causal LM (or a PEFT model around one).
+        hook_types: a subset of ("mlp", "attn", "resid", "logits").
+
+    Raises ConfigError naming the hook type and the missing module when the model is not a Llama-style decoder.
     """
-    found: dict[str, list[torch.nn.Module]] = {kind: [] for kind in kinds}
-    for name, module in model.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        if last in found:
-            found[last].append(module)
-    missing = [kind for kind, group in found.items() if not group]
-    if missing:
-        names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
-        raise ConfigError(f"preference.activation_hooks: no module named {missing} in the model; names: {names[:30]}")
-    return found
+    base = model.get_base_model() if is_peft_model(model) else model
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise ConfigError(
+            f"preference.activation_hooks: {type(base).__name__} has no decoder layer list (get_decoder().layers); "
+            "the activation mask supports Llama-style decoders (use mask: sparse for other models)"
+        )
+    points: list[HookPoint] = []
+    for kind, path, where in _LAYER_HOOKS:
+        if kind not in hook_types:
+            continue
+        for index, layer in enumerate(layers):
+            module = _sub_module(layer, path)
+            if module is None:
+                raise ConfigError(
+                    f"preference.activation_hooks: hook type {kind!r} needs '{path}' in every decoder layer; layer "
+                    f"{index} ({type(layer).__name__}) has none (supported: Llama-style decoders; use mask: sparse)"
+                )
+            points.append((kind, module, where))
+    if "resid" in hook_types:
+        ends = {"token embeddings": base.get_input_embeddings(), "final norm": getattr(decoder, "norm", None)}
+        for name, module in ends.items():
+            if not isinstance(module, torch.nn.Module):
+                raise ConfigError(f"preference.activation_hooks: hook type 'resid' needs the model's {name}")
+            points.append(("resid", module, "output"))  # resid.post_emb, resid.post_ln_f
+    if "logits" in hook_types:
+        head = base.get_output_embeddings()
+        if not isinstance(head, torch.nn.Module):
+            raise ConfigError("preference.activation_hooks: hook type 'logits' needs the model's LM head")
+        points.append(("logits", head, "output"))
+    return points
 
 
 class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
@@ -115,7 +201,7 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         if algorithm not in ("dpo", "rpo", "sparsepo"):
             raise ValueError(f"unknown preference algorithm {algorithm!r}")
         self.algorithm = algorithm
-        self.settings = settings
+        self.settings = settings = settings.resolved(algorithm)
         super().__init__(*args, **kwargs)
         self.keep_checkpoints = keep_checkpoints
         self.mask_head: SparseMaskHead | None = None
@@ -129,23 +215,27 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
                     hidden=int(text_config.hidden_size),
                     dropout=settings.mask_dropout,
                     separate=settings.separate_masks,
+                    eps=_layer_norm_eps(text_config),
+                    init_std=float(getattr(text_config, "initializer_range", 0.02)),
                 )
                 base.add_module(MASK_HEAD_MODULE, head)
                 self.mask_head = head
             else:
                 reference = self.ref_model if self.ref_model is not None else base
-                self.recorder = ActivationRecorder(find_hook_modules(reference, list(settings.activation_hooks)))
+                self.recorder = ActivationRecorder(activation_hook_points(reference, settings.hook_types()))
 
-    # --- optimiser: the mask head gets its own weight decay (authors: 0.01) ---------------------------------
+    # --- optimiser: the mask head's Linear weights get their own weight decay (authors: 0.01) -------------------
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)
         if self.mask_head is not None:
+            decayed = self.mask_head.decayed_parameters()
+            decayed_ids = {id(p) for p in decayed}
             head_ids = {id(p) for p in self.mask_head.parameters()}
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in head_ids]
-            optimizer.add_param_group(
-                {"params": list(self.mask_head.parameters()), "weight_decay": self.settings.mask_weight_decay}
-            )
+            optimizer.add_param_group({"params": decayed, "weight_decay": self.settings.mask_weight_decay})
+            rest = [p for p in self.mask_head.parameters() if id(p) not in decayed_ids]
+            optimizer.add_param_group({"params": rest, "weight_decay": 0.0})  # biases, LayerNorm: no decay
         return optimizer
 
     # --- checkpoints: the mask head's weights travel with every checkpoint ------------------------------------
@@ -218,7 +308,8 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         s = self.settings
         policy = split_pairs(masked_sum(policy_token_logps, shift_mask))
         reference = split_pairs(masked_sum(ref_token_logps, shift_mask))
-        self._log_pair_metrics(policy, reference, mode)
+        self._log_rewards(mode, "rewards/", *self._dpo_rewards(policy, reference))
+        self._log_logps(mode, policy)
         if self.algorithm == "dpo":
             return dpo_loss(
                 policy=policy, reference=reference, beta=s.beta, label_smoothing=s.label_smoothing
@@ -267,11 +358,14 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
             split_pairs(ref_token_logps),
             split_pairs(shift_mask),
         )
-        self._log_pair_metrics(
-            ChosenRejected(masked_sum(policy.chosen, valid.chosen), masked_sum(policy.rejected, valid.rejected)),
-            ChosenRejected(masked_sum(reference.chosen, valid.chosen), masked_sum(reference.rejected, valid.rejected)),
-            mode,
+        policy_seq = ChosenRejected(
+            masked_sum(policy.chosen, valid.chosen), masked_sum(policy.rejected, valid.rejected)
         )
+        reference_seq = ChosenRejected(
+            masked_sum(reference.chosen, valid.chosen), masked_sum(reference.rejected, valid.rejected)
+        )
+        self._log_rewards(mode, "dpo_rewards/", *self._dpo_rewards(policy_seq, reference_seq))
+        self._log_logps(mode, policy_seq)
         out = sparsepo_loss(
             policy_token_logps=policy,
             reference_token_logps=reference,
@@ -284,9 +378,14 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
             lambda_d=lambda_d,
             shared_mask=md is None,
         )
+        # TRL's reward names carry the masked rewards the loss uses (beta * sum_t mu_t l_t per side).
+        self._log_rewards(mode, "rewards/", out.chosen_rewards, out.rejected_rewards)
         self._log_mean(mode, "sparsepo/u", out.u)
         self._log_mean(mode, "sparsepo/d", out.d)
         self._log_mean(mode, "sparsepo/l1", out.l1)
+        logit = s.beta * (out.u - out.d).detach()
+        self._log_mean(mode, "sparsepo/logit", logit)
+        self._log_mean(mode, "sparsepo/logit_accuracy", (logit > 0).float())
         self._log_mask(mode, "mask/", mu, shift_mask)
         if md is not None:
             self._log_mask(mode, "mask/kl_", md, shift_mask)
@@ -306,16 +405,31 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
         self._metrics[mode][f"{name}sparsity"].append(below / n)
         self._metrics[mode][f"{name}mean"].append(total / n)
 
-    def _log_pair_metrics(self, policy: ChosenRejected, reference: ChosenRejected, mode: str) -> None:
-        """TRL's pair metrics from the sequence log-probs [B] of policy / reference on chosen / rejected, summed
-        over completion tokens."""
+    def _dpo_rewards(self, policy: ChosenRejected, reference: ChosenRejected) -> tuple[torch.Tensor, torch.Tensor]:
+        """DPO's implicit rewards ``beta * (log pi - log pi_ref)`` [B] per side, from sequence log-probs [B]."""
         beta = self.settings.beta
-        pc, pr = policy.chosen.detach(), policy.rejected.detach()
-        rc, rr = reference.chosen.detach(), reference.rejected.detach()
-        chosen_rewards, rejected_rewards = beta * (pc - rc), beta * (pr - rr)
-        self._log_mean(mode, "rewards/chosen", chosen_rewards)
-        self._log_mean(mode, "rewards/rejected", rejected_rewards)
-        self._log_mean(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).float())
-        self._log_mean(mode, "rewards/margins", chosen_rewards - rejected_rewards)
-        self._log_mean(mode, "logps/chosen", pc)
-        self._log_mean(mode, "logps/rejected", pr)
+        return beta * (policy.chosen - reference.chosen).detach(), beta * (
+            policy.rejected - reference.rejected
+        ).detach()
+
+    def _log_rewards(self, mode: str, prefix: str, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        """TRL's reward metrics (chosen, rejected, accuracies, margins) from per-pair rewards [B] under `prefix`."""
+        chosen, rejected = chosen.detach(), rejected.detach()
+        self._log_mean(mode, f"{prefix}chosen", chosen)
+        self._log_mean(mode, f"{prefix}rejected", rejected)
+        self._log_mean(mode, f"{prefix}accuracies", (chosen > rejected).float())
+        self._log_mean(mode, f"{prefix}margins", chosen - rejected)
+
+    def _log_logps(self, mode: str, policy: ChosenRejected) -> None:
+        """TRL's logps/chosen and logps/rejected: the policy's sequence log-probs [B], summed over completion tokens."""
+        self._log_mean(mode, "logps/chosen", policy.chosen.detach())
+        self._log_mean(mode, "logps/rejected", policy.rejected.detach())
+
+
+def _layer_norm_eps(config: Any) -> float:
+    """The model's own normalisation epsilon (the authors build the mask head's LayerNorm with it); 1e-5 if none."""
+    for name in ("layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps"):
+        value = getattr(config, name, None)
+        if isinstance(value, int | float) and value > 0:
+            return float(value)
+    return 1e-5

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,8 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
     rank, world_size = world_info()
     run_dir, resume_from = open_run(recipe, resume)
     if recipe.algorithm in PREFERENCE_ALGORITHMS:
+        # unset beta / rpo_eta take the authors' values; config.yaml shows the values used
+        recipe = replace(recipe, preference=recipe.preference.resolved(recipe.algorithm))
         setup = preference_setup(recipe, run_dir, world_size)
     else:
         setup = grpo_setup(recipe, run_dir, world_size)

@@ -71,8 +71,8 @@ class SparsePOOutput(NamedTuple):
     ``chosen_rewards = beta * sum_t mu_w,t l_t(y_w)`` and ``rejected_rewards = beta * sum_t mu_l,t l_t(y_l)``:
     the masked implicit rewards (detached, for logging), equal to DPO's rewards when the masks are 1, so
     ``chosen_rewards - rejected_rewards = beta * U``. The loss's logit is ``beta * (u - d)``. (The authors' code
-    logs ``beta * (reward - KL)`` per side instead, which mixes in the KL term.) ``l1`` is the penalty added
-    (already multiplied by the lambdas).
+    logs ``beta * (sum mu l - sum md KL)`` per side instead, whose margin is ``beta * (U + D)``: neither the
+    reward nor the loss's logit.) ``l1`` is the penalty added (already multiplied by the lambdas).
     """
 
     losses: torch.Tensor
@@ -176,7 +176,9 @@ class MaskHeadOutput(NamedTuple):
 class _MaskBranch(nn.Module):
     """One mask: per layer LayerNorm -> Linear(d, 1) -> ReLU -> dropout; Linear(L, 1, no bias) -> ReLU -> dropout."""
 
-    def __init__(self, num_layers: int, hidden: int, dropout: float, shared_layer_norm: bool, eps: float) -> None:
+    def __init__(
+        self, num_layers: int, hidden: int, dropout: float, shared_layer_norm: bool, eps: float, init_std: float | None
+    ) -> None:
         super().__init__()
         self.shared_layer_norm = shared_layer_norm
         n_norms = 1 if shared_layer_norm else num_layers
@@ -184,6 +186,11 @@ class _MaskBranch(nn.Module):
         self.per_layer = nn.ModuleList([nn.Linear(hidden, 1) for _ in range(num_layers)])
         self.mixer = nn.Linear(num_layers, 1, bias=False)
         self.dropout = nn.Dropout(dropout)
+        if init_std is not None:  # as a Hugging Face model's _init_weights: N(0, std) weights, zero biases
+            for linear in (*self.per_layer, self.mixer):
+                nn.init.normal_(linear.weight, mean=0.0, std=init_std)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         scores = []
@@ -199,35 +206,50 @@ class SparseMaskHead(nn.Module):
 
     For each of the ``num_layers`` hidden states: LayerNorm -> Linear(d, 1) -> ReLU -> dropout; the ``L`` scores
     are mixed by Linear(L, 1, bias=False) -> ReLU -> dropout. Output is non-negative and unbounded (the L1 term
-    of :func:`sparsepo_loss` drives it towards sparsity). Authors' defaults: dropout 0.01, weight decay 0.01 on
-    the mask parameters (set it in the optimiser's parameter group).
+    of :func:`sparsepo_loss` drives it towards sparsity). As in the authors' ``SimpleMaskAllLayers``, built inside
+    their Hugging Face model: Linear weights start from N(0, ``init_std``) (the model's ``initializer_range``,
+    0.02) with zero biases, the LayerNorm from (1, 0); their dropout option defaults to 0.01 but their trainer
+    zeroes every dropout of the model, the mask head included (TRL's ``disable_dropout``), so it never acts;
+    weight decay 0.01 on the Linear weights (set it in the optimiser's parameter groups).
 
     Args:
         num_layers: ``L``, number of hidden-state tensors given to :meth:`forward`.
         hidden: ``d``, their width.
-        dropout: dropout after each per-layer score and after the mixer (authors: 0.01).
+        dropout: dropout after each per-layer score and after the mixer (authors: effectively 0).
         separate: two independent heads, one for the reward mask ``mu`` and one for the KL mask ``md``
             (authors' ``rw_kl_independent``); otherwise one shared mask.
         shared_layer_norm: one LayerNorm applied to every layer (as in the authors' ``SimpleMaskAllLayers``,
             the default) or one LayerNorm per layer.
-        eps: LayerNorm epsilon.
+        eps: LayerNorm epsilon (authors: the model's layer-norm epsilon).
+        init_std: std of the normal init of the Linear weights (biases 0); ``None`` keeps PyTorch's default
+            (Kaiming-uniform) init.
     """
 
     def __init__(
         self,
         num_layers: int,
         hidden: int,
-        dropout: float = 0.01,
+        dropout: float = 0.0,
         separate: bool = False,
         shared_layer_norm: bool = True,
         eps: float = 1e-5,
+        init_std: float | None = 0.02,
     ) -> None:
         super().__init__()
         if num_layers < 1 or hidden < 1:
             raise ValueError(f"num_layers and hidden must be positive, got {num_layers}, {hidden}")
+        if init_std is not None and init_std <= 0:
+            raise ValueError(f"init_std must be positive or None, got {init_std}")
         self.num_layers, self.hidden, self.separate = num_layers, hidden, separate
-        self.reward_head = _MaskBranch(num_layers, hidden, dropout, shared_layer_norm, eps)
-        self.kl_head = _MaskBranch(num_layers, hidden, dropout, shared_layer_norm, eps) if separate else None
+        branch = (num_layers, hidden, dropout, shared_layer_norm, eps, init_std)
+        self.reward_head = _MaskBranch(*branch)
+        self.kl_head = _MaskBranch(*branch) if separate else None
+
+    def decayed_parameters(self) -> list[nn.Parameter]:
+        """The Linear weights: the parameters the authors' optimiser gives the mask weight decay (biases and
+        LayerNorm parameters get none, as Hugging Face's Trainer groups them)."""
+        branches = [b for b in (self.reward_head, self.kl_head) if b is not None]
+        return [linear.weight for b in branches for linear in (*b.per_layer, b.mixer)]
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> MaskHeadOutput:
         """Compute the masks.
@@ -276,8 +298,12 @@ def activation_mask(
     are all equal (or that have one valid token) get weight 1 on every valid token (DPO-like), where the
     authors' code divides by zero.
 
+    The hook types and sites are the authors' (``activation_hook="all"``: mlp, attn, resid, logits); the
+    learner maps them onto a Llama-style decoder (``alignment.learners.preference.activation_hook_points``).
+
     Args:
-        activations: hook type -> list of ``L`` tensors ``[B, T, d]`` (a mapping, or a sequence of such lists).
+        activations: hook type -> list of tensors ``[B, T, d]`` (a mapping, or a sequence of such lists); ``d`` may
+            be 1 when the hidden-dim mean was already taken (the learner's hooks keep only that mean).
         mask: ``[B, T]`` 1 on valid completion tokens.
 
     Returns:
