@@ -184,6 +184,9 @@ def test_mask_head_starts_like_the_authors_with_dropout_off(tmp_path: Path, tiny
     with torch.no_grad():
         first, second = (float(mine.compute_loss(mine.model, batch)) for _ in range(2))
     assert first == second
+    wide, _ = trainers(tmp_path / "wide", tiny_model_dir, {"algorithm": "sparsepo", "mask_init_std": 0.5})
+    wide_weights = torch.cat([lin.weight.flatten() for lin in wide.mask_head.reward_head.per_layer])
+    assert wide_weights.std().item() > 0.25  # 64 draws of N(0, 0.5): below half the std only by a >5 sigma fluke
 
 
 def test_sparsepo_logs_the_masked_rewards_the_loss_uses(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -216,12 +216,16 @@ class PreferenceTrainer(AtomicCheckpointMixin, DPOTrainer):
                     dropout=settings.mask_dropout,
                     separate=settings.separate_masks,
                     eps=_layer_norm_eps(text_config),
-                    init_std=float(getattr(text_config, "initializer_range", 0.02)),
+                    init_std=(
+                        settings.mask_init_std
+                        if settings.mask_init_std is not None
+                        else float(getattr(text_config, "initializer_range", 0.02))
+                    ),
                 )
                 base.add_module(MASK_HEAD_MODULE, head)
                 self.mask_head = head
             else:
-                reference = self.ref_model if self.ref_model is not None else base
+                reference = self.accelerator.unwrap_model(self.ref_model) if self.ref_model is not None else base
                 self.recorder = ActivationRecorder(activation_hook_points(reference, settings.hook_types()))
 
     # --- optimiser: the mask head's Linear weights get their own weight decay (authors: 0.01) -------------------

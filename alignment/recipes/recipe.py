@@ -231,10 +231,12 @@ class PreferenceConfig:
     does); a pair whose prompt alone reaches it is skipped and counted (`too_long: skip`) or stops the run before
     training (`too_long: error`). Pairs with an empty or identical chosen/rejected answer are skipped and counted
     (`bad_pairs: skip`) or rejected (`error`). mask, separate_masks, use_kl, lambda_u, lambda_d, mask_dropout,
-    mask_weight_decay, activation_hooks: SparsePO (sparse = learned mask head on the reference hidden states;
-    activation = masks from reference activations of the hook types in `activation_hooks`, no L1). Defaults are
-    the authors' code's: L1 weights 0 (their HH sparse-common recipe: 0.001), mask dropout 0 (their trainer
-    turns every dropout of the model, the mask head included, off), mask weight decay 0.01, hooks "all".
+    mask_weight_decay, mask_init_std, activation_hooks: SparsePO (sparse = learned mask head on the reference
+    hidden states; activation = masks from reference activations of the hook types in `activation_hooks`, no
+    L1). Defaults are the authors' code's: L1 weights 0 (their HH sparse-common recipe: 0.001), mask dropout 0
+    (their trainer turns every dropout of the model, the mask head included, off), mask weight decay 0.01, mask
+    head Linear weights from N(0, std) with std = the model's initializer_range (`mask_init_std: null`; a number
+    overrides it), hooks "all".
     """
 
     # The authors' beta / eta per algorithm ("rpo:<version>" for RPO); `resolved` fills unset fields from these.
@@ -263,6 +265,7 @@ class PreferenceConfig:
     lambda_d: float = 0.0
     mask_dropout: float = 0.0
     mask_weight_decay: float = 0.01
+    mask_init_std: float | None = None
     activation_hooks: list[str] = field(default_factory=lambda: ["all"])
 
     def validate(self, where: str) -> None:
@@ -281,6 +284,8 @@ class PreferenceConfig:
             value = getattr(self, name)
             _check(value >= 0, f"{where}.{name}", f"must be >= 0, got {value}")
         _check(0 <= self.mask_dropout < 1, f"{where}.mask_dropout", f"must be in [0, 1), got {self.mask_dropout}")
+        if self.mask_init_std is not None:
+            _check(self.mask_init_std > 0, f"{where}.mask_init_std", f"must be > 0 or null, got {self.mask_init_std}")
         allowed = ("all", *self.ACTIVATION_HOOK_TYPES)
         unknown = [h for h in self.activation_hooks if h not in allowed]
         _check(not unknown, f"{where}.activation_hooks", f"unknown hook type(s) {unknown}; allowed: {list(allowed)}")
