@@ -254,6 +254,8 @@ def _validate_prompts(value: Any) -> list[Any]:
         raise HTTPError(400, "'prompts' must be a non-empty list of strings or chat message lists")
     for i, prompt in enumerate(value):
         if isinstance(prompt, str):
+            if not prompt:
+                raise HTTPError(400, f"prompts[{i}] is empty")
             continue
         if (
             isinstance(prompt, list)
@@ -265,6 +267,23 @@ def _validate_prompts(value: Any) -> list[Any]:
             continue
         raise HTTPError(400, f"prompts[{i}] must be a string or a list of {{role, content}} messages")
     return value
+
+
+def _check_strings(payload: Any) -> None:
+    """400 for a string the tokenizer cannot take: JSON allows lone UTF-16 surrogates (\\ud800), UTF-8 does not."""
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPError(400, f"the string {item[:40]!r} is not valid Unicode (a lone surrogate)") from None
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
 
 
 def _is_content(value: Any) -> bool:
@@ -497,6 +516,7 @@ class RolloutServer:
         unknown = sorted(map(str, set(payload) - {"prompts", "params"}))
         if unknown:
             raise HTTPError(400, f"unknown field {unknown[0]!r}; allowed: prompts, params")
+        _check_strings(payload)
         prompts = _validate_prompts(payload.get("prompts"))
         try:
             params = SamplingParams.from_dict(_check_params(payload.get("params")))

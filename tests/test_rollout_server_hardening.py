@@ -394,6 +394,9 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("JSON list", post("/generate", b"[1, 2]", JSON)),
     ("empty body", post("/generate", b"", JSON)),
     ("bad prompt", post("/generate", b'{"prompts": [[{"role": "user", "content": 5}]]}', JSON)),
+    ("empty prompt", post("/generate", b'{"prompts": [""]}', JSON)),
+    ("lone surrogate", post("/generate", b'{"prompts": ["a\\ud800"]}', JSON)),
+    ("seed overflow", post("/generate", b'{"prompts": ["a"], "params": {"seed": ' + b"9" * 30 + b"}}", JSON)),
     (
         "tiny temperature",
         post("/generate", b'{"prompts": ["a"], "params": {"temperature": 1e-300}}', JSON),
@@ -512,3 +515,86 @@ def test_expect_100_continue_is_answered_once_the_head_passes(serve) -> None:
     with connect(server.port) as sock:
         sock.sendall(head("POST", "/generate", fields))
         assert read_reply(sock).status == 401
+
+
+# -- fuzz: no request body makes the server answer 5xx ---------------------------------------------------------
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _fuzz_payloads():
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from([0, 1, -1, 1e-300, 1e308, 0.5, 255, 256, 10**6]),
+        st.text(max_size=30),
+    )
+    json_values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=8,
+    )
+    roles = st.sampled_from(["user", "system", "assistant", "tool", "", "x" * 50]) | st.text(max_size=10)
+    parts = st.lists(
+        st.fixed_dictionaries({"type": st.sampled_from(["text", "image", ""]), "text": st.text(max_size=10)}),
+        max_size=2,
+    )
+    content = st.text(max_size=40) | parts | json_values
+    message = st.fixed_dictionaries({"role": roles, "content": content}) | st.dictionaries(
+        st.text(max_size=8), json_values, max_size=3
+    )
+    # Mostly well-formed requests (so the engine and the chat template see odd values), and some of any shape.
+    good_prompt = st.text(min_size=1, max_size=60) | st.lists(
+        st.fixed_dictionaries({"role": roles, "content": st.text(max_size=40)}), min_size=1, max_size=3
+    )
+    prompt = good_prompt | st.lists(message, max_size=3) | json_values
+    prompts = st.lists(good_prompt, min_size=1, max_size=3) | st.lists(prompt, max_size=3) | json_values
+    param_values = {
+        "n": st.integers(1, 4) | st.integers(-2, 6) | scalars,
+        "temperature": st.floats(0.01, 3) | st.floats(-1, 3) | scalars,
+        "top_p": st.floats(0.01, 1) | st.floats(-0.5, 1.5) | scalars,
+        "top_k": st.integers(0, 400) | st.integers(-3, 400) | scalars,
+        "max_tokens": st.integers(1, 16) | scalars,
+        "stop": st.lists(st.text(min_size=1, max_size=5), max_size=3) | st.lists(st.text(max_size=5)) | scalars,
+        "seed": st.integers(-(2**65), 2**65) | scalars,
+    }
+    params = st.fixed_dictionaries({}, optional=param_values) | st.fixed_dictionaries(
+        {}, optional={**param_values, "bogus": scalars}
+    )
+    return st.fixed_dictionaries({"prompts": prompts}, optional={"params": params | json_values}) | json_values
+
+
+@pytest.mark.slow
+def test_fuzzed_generate_bodies_never_get_a_5xx(serve, tokenizer) -> None:
+    """Random /generate bodies (valid shapes with random types and values, chat messages with odd roles and
+    contents, a chat template that raises on unknown roles): every answer is 200 or a one-line 4xx."""
+    import copy
+
+    from hypothesis import HealthCheck, given, settings
+
+    server, engine = serve()
+    engine.tokenizer = copy.deepcopy(tokenizer)
+    engine.tokenizer.chat_template = CHAT_TEMPLATE
+    statuses: dict[int, int] = {}
+
+    scale = int(os.environ.get("FUZZ_SCALE", "1"))  # as in test_fuzz.py: N times the cases, fresh random ones
+    fuzz = settings(derandomize=scale == 1, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+
+    @settings(fuzz, max_examples=100 * scale)
+    @given(_fuzz_payloads())
+    def one(payload) -> None:
+        body = json.dumps(payload).encode()
+        reply = exchange(server.port, post("/generate", body, JSON))
+        statuses[reply.status] = statuses.get(reply.status, 0) + 1
+        assert reply.status == 200 or (400 <= reply.status < 500 and reply.error), (payload, reply)
+
+    one()
+    assert statuses.get(200, 0) > 0 and sum(v for k, v in statuses.items() if k >= 400) > 0, statuses
+    record_result("server_fuzzed_generate", {"cases": sum(statuses.values()), "statuses": statuses})
