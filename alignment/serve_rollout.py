@@ -6,7 +6,8 @@
 It listens on 127.0.0.1 unless told otherwise; another address needs `--allow-remote` and a token
 (`--token-file FILE` or the ALIGN_ROLLOUT_TOKEN environment variable) that every request must carry as
 `Authorization: Bearer <token>`. `--port 0` picks a free port; the address is printed once it listens.
-Stops cleanly on Ctrl-C or SIGTERM.
+Stops cleanly on Ctrl-C or SIGTERM. What one client may hold of the server (connections, seconds, body sizes)
+has defaults a learner never meets and flags to change them (rollout/server.py says what each limit does).
 """
 
 from __future__ import annotations

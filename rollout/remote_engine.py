@@ -16,6 +16,7 @@ The token (for a server bound beyond loopback) is sent as `Authorization: Bearer
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import logging
@@ -163,26 +164,66 @@ class RemoteEngine:
 
     # -- API -------------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        """The server's /health answer: status, engine, model, weights version."""
-        return self._request("GET", "/health")
+        """The server's /health answer: status, engine, model, weights version, limits (kept for later calls)."""
+        answer = self._request("GET", "/health")
+        limits = answer.get("limits")
+        self._server_limits = limits if isinstance(limits, dict) else {}
+        return answer
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Sample]]:
-        """Sample `params.n` completions per prompt on the server; same contract as every engine."""
-        answer = self._post_json("/generate", {"prompts": list(prompts), "params": params.to_dict()})
-        groups = answer.get("samples")
-        if not isinstance(groups, list) or len(groups) != len(prompts):
-            raise RolloutServerError(
-                f"rollout server {self.address} returned {len(groups) if isinstance(groups, list) else 'no'} sample "
-                f"groups for {len(prompts)} prompts"
-            )
-        return [[Sample.from_dict(s) for s in group] for group in groups]
+        """Sample `params.n` completions per prompt on the server; same contract as every engine.
+
+        Prompts go in as few requests as the server's limits allow (its /health gives the largest /generate body
+        and the most completions per request). With a seed, request i > 0 of a split call uses seed + i, so the
+        parts do not repeat each other's random draws."""
+        prompts = list(prompts)
+        groups: list[list[Sample]] = []
+        for i, batch in enumerate(self._generate_batches(prompts, params)):
+            part = params if i == 0 or params.seed is None else dataclasses.replace(params, seed=params.seed + i)
+            answer = self._post_json("/generate", {"prompts": batch, "params": part.to_dict()})
+            samples = answer.get("samples")
+            if not isinstance(samples, list) or len(samples) != len(batch):
+                raise RolloutServerError(
+                    f"rollout server {self.address} returned "
+                    f"{len(samples) if isinstance(samples, list) else 'no'} sample groups for {len(batch)} prompts"
+                )
+            groups += [[Sample.from_dict(s) for s in group] for group in samples]
+        return groups
+
+    def _generate_batches(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Prompt]]:
+        """`prompts` split so that each request's JSON and completions stay within the server's limits (one
+        prompt that alone exceeds them is sent alone, and the server's refusal says why)."""
+        limits = self.server_limits()
+        max_bytes, max_sequences = limits.get("max_json_bytes"), limits.get("max_sequences")
+        max_bytes = max_bytes if isinstance(max_bytes, int) and max_bytes > 0 else None
+        per_request = (
+            max(1, max_sequences // params.n) if isinstance(max_sequences, int) and max_sequences > 0 else None
+        )
+        if max_bytes is None and per_request is None:
+            return [prompts]
+        overhead = len(json.dumps({"prompts": [], "params": params.to_dict()}).encode("utf-8")) + 16
+        batches: list[list[Prompt]] = [[]]
+        size = overhead
+        for prompt in prompts:
+            cost = len(json.dumps(prompt).encode("utf-8")) + 2  # the prompt and its ", "
+            full = max_bytes is not None and size + cost > max_bytes
+            if batches[-1] and (full or (per_request is not None and len(batches[-1]) >= per_request)):
+                batches.append([])
+                size = overhead
+            batches[-1].append(prompt)
+            size += cost
+        return batches
+
+    def server_limits(self) -> dict[str, Any]:
+        """The server's limits from its /health (`max_json_bytes`, `max_weights_bytes`, `max_sequences`), asked
+        once (the first call of a fresh client costs one /health); empty when the server does not say."""
+        if self._server_limits is None:
+            self.health()
+        return self._server_limits or {}
 
     def max_weights_bytes(self) -> int | None:
-        """The largest safetensors body the server takes (from its /health, asked once); None if it does not say."""
-        if self._server_limits is None:
-            limits = self.health().get("limits")
-            self._server_limits = limits if isinstance(limits, dict) else {}
-        value = self._server_limits.get("max_weights_bytes")
+        """The largest safetensors body the server takes; None if it does not say."""
+        value = self.server_limits().get("max_weights_bytes")
         return value if isinstance(value, int) and value > 0 else None
 
     def update_weights(self, tensors: dict[str, torch.Tensor]) -> None:

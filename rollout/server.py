@@ -69,7 +69,7 @@ JSON_TYPE = "application/json"
 SAFETENSORS_TYPE = "application/octet-stream"
 # Fallback for an engine whose model size cannot be read (neither a torch module nor a folder of safetensors).
 FALLBACK_WEIGHTS_BYTES = 16 * 2**30
-MIN_TEMPERATURE = 1e-5  # below this logits / T overflows; sampling is greedy in effect anyway
+MIN_TEMPERATURE = 1e-5  # sampling is greedy in effect below this (vLLM's cut too); far below, logits / T overflow
 SERVER_NAME = "align-rollout/2"
 
 ROUTES: dict[str, tuple[str, str | None]] = {  # path -> (method, content type of its body)
@@ -426,9 +426,17 @@ class RolloutServer:
         self.token = token or None
         self.model_name = model_name
         self.limits = limits or ServerLimits()
-        self.max_weights_bytes = self.limits.max_weights_bytes or weights_limit(
-            served_parameter_count(engine, model_name)
-        )
+        if self.limits.max_weights_bytes is not None:
+            self.max_weights_bytes = self.limits.max_weights_bytes
+        else:
+            count = served_parameter_count(engine, model_name)
+            self.max_weights_bytes = weights_limit(count)
+            if count is None:
+                logger.warning(
+                    "rollout server: cannot read the served model's size; weight and adapter uploads may be up to "
+                    "%d bytes each (set a limit with --max-weights-mib)",
+                    self.max_weights_bytes,
+                )
         self.spool_dir = spool_dir
         self.bound_host = host
         self.loopback = is_loopback(host)

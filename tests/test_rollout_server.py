@@ -228,7 +228,8 @@ def test_retries_back_off_exponentially_then_succeed_or_fail_clearly(monkeypatch
         remote.generate(PROMPTS, PARAMS)
     message = str(info.value)
     assert f"rollout server 127.0.0.1:{port} is unreachable" in message
-    assert "POST /generate failed 4 times" in message and "ConnectionRefusedError" in message
+    # A fresh client first asks the server's limits (GET /health), with the same retries.
+    assert "GET /health failed 4 times" in message and "ConnectionRefusedError" in message
     assert delays == [0.5, 1.0, 1.5]
 
 

@@ -493,6 +493,35 @@ def test_weight_sync_fits_a_small_server_limit_through_spooled_files(serve, tiny
     assert list(spool.iterdir()) == []  # every spooled body was removed
 
 
+def test_generate_is_split_to_fit_the_servers_limits(serve, tokenizer) -> None:
+    """A server taking at most 1 KiB of JSON and 4 completions per request: the client splits 7 prompts x n=2
+    into requests that fit and returns every group in order; one prompt larger than the limit is refused in one
+    line (413) naming the limit."""
+    server, engine = serve(max_json_bytes=1024, max_sequences=4)
+    calls: list[int] = []
+    generate = engine.generate
+
+    def counted(prompts, params):
+        calls.append(len(prompts))
+        return generate(prompts, params)
+
+    engine.generate = counted
+    remote = RemoteEngine(server.url, retries=0)
+    prompts = [f"Question {i}: " + "tell me about bread and volcanoes. " * 4 for i in range(7)]
+    groups = remote.generate(prompts, SamplingParams(n=2, max_tokens=3, seed=5))
+    assert calls == [2, 2, 2, 1]  # 2 prompts x n=2 = the 4 completions a request may ask for
+    assert [len(g) for g in groups] == [2] * 7
+    assert [g[0].prompt_ids for g in groups] == [tokenizer(p)["input_ids"] for p in prompts]
+    calls.clear()
+    long_prompts = [f"Question {i}: " + "tell me about bread and volcanoes. " * 10 for i in range(5)]
+    groups = remote.generate(long_prompts, SamplingParams(n=1, max_tokens=3))
+    assert calls == [2, 2, 1]  # ~370 bytes each: 3 would not fit in 1 KiB
+    budget = 256 - 3  # the tiny model's context minus max_tokens: longer prompts are cut from the left
+    assert [g[0].prompt_ids for g in groups] == [tokenizer(p)["input_ids"][-budget:] for p in long_prompts]
+    with pytest.raises(RolloutServerError, match=r"HTTP 413: the body has \d+ bytes; /generate accepts at most 1024"):
+        RemoteEngine(server.url, retries=0).generate(["x" * 2000], SamplingParams(max_tokens=2))
+
+
 def test_serve_rollout_refuses_bad_limit_flags_in_one_line(capsys) -> None:
     from alignment.cli import main
 
