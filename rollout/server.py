@@ -346,7 +346,10 @@ class Body:
         if size <= memory_limit:
             return cls()
         # Closed (and so deleted) by `close`, after the request is answered.
-        handle = tempfile.NamedTemporaryFile(prefix="align-rollout-body-", dir=spool_dir)  # noqa: SIM115
+        try:
+            handle = tempfile.NamedTemporaryFile(prefix="align-rollout-body-", dir=spool_dir)  # noqa: SIM115
+        except OSError as err:
+            raise HTTPError(507, f"cannot create a file to receive the body in ({err.strerror or err})") from None
         return cls(path=handle.name, _file=handle)
 
     def write(self, chunk: bytes | bytearray) -> None:
