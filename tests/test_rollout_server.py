@@ -69,12 +69,15 @@ def client(server: RolloutServer, **kwargs) -> RemoteEngine:
 def test_generate_round_trip_matches_the_served_model(served, tokenizer) -> None:
     server, engine = served
     remote = client(server)
-    assert remote.health() == {
-        "status": "ok",
-        "engine": "transformers",
-        "model": "tiny",
-        "weights_version": 0,
-        "adapter": None,
+    health = remote.health()
+    limits = health.pop("limits")
+    assert health == {"status": "ok", "engine": "transformers", "model": "tiny", "weights_version": 0, "adapter": None}
+    # The weights limit follows the served model: its values as float32, plus 1/8 and 1 MiB for the header.
+    values = sum(t.numel() for t in engine.model.state_dict().values())
+    assert limits == {
+        "max_json_bytes": 4 * 2**20,
+        "max_weights_bytes": 4 * values * 9 // 8 + 2**20,
+        "max_sequences": 16384,
     }
     groups = remote.generate(PROMPTS, PARAMS)
     assert [len(g) for g in groups] == [2, 2]
@@ -225,7 +228,8 @@ def test_retries_back_off_exponentially_then_succeed_or_fail_clearly(monkeypatch
         remote.generate(PROMPTS, PARAMS)
     message = str(info.value)
     assert f"rollout server 127.0.0.1:{port} is unreachable" in message
-    assert "POST /generate failed 4 times" in message and "ConnectionRefusedError" in message
+    # A fresh client first asks the server's limits (GET /health), with the same retries.
+    assert "GET /health failed 4 times" in message and "ConnectionRefusedError" in message
     assert delays == [0.5, 1.0, 1.5]
 
 

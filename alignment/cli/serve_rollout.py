@@ -6,7 +6,8 @@
 It listens on 127.0.0.1 unless told otherwise; another address needs `--allow-remote` and a token
 (`--token-file FILE` or the ALIGN_ROLLOUT_TOKEN environment variable) that every request must carry as
 `Authorization: Bearer <token>`. `--port 0` picks a free port; the address is printed once it listens.
-Stops cleanly on Ctrl-C or SIGTERM.
+Stops cleanly on Ctrl-C or SIGTERM. What one client may hold of the server (connections, seconds, body sizes)
+has defaults a learner never meets and flags to change them (rollout/server.py says what each limit does).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from alignment.errors import ConfigError
 
@@ -38,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
+    limits = parser.add_argument_group("limits (what one client may hold of the server)")
+    limits.add_argument("--max-connections", type=int, default=32, help="open connections at most; more get 503")
+    limits.add_argument("--header-timeout", type=float, default=10.0, help="seconds for a request line + headers")
+    limits.add_argument("--body-timeout", type=float, default=30.0, help="longest silence (s) while a body arrives")
+    limits.add_argument("--max-json-mib", type=float, default=4.0, help="largest /generate body in MiB (default 4)")
+    limits.add_argument(
+        "--max-weights-mib", type=float, default=None, help="largest weights/adapter body in MiB (default: the model's)"
+    )
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -58,6 +68,30 @@ def _token(args: argparse.Namespace) -> str | None:
     return token or None
 
 
+def _limits(args: argparse.Namespace) -> Any:
+    import math
+
+    from rollout.server import MIB, ServerLimits
+
+    for flag, value in (
+        ("--max-connections", args.max_connections),
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--max-json-mib", args.max_json_mib),
+        ("--max-weights-mib", args.max_weights_mib),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag}: must be a positive number, got {value}")
+    weights = None if args.max_weights_mib is None else max(1, int(args.max_weights_mib * MIB))
+    return ServerLimits(
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_json_bytes=max(1, int(args.max_json_mib * MIB)),
+        max_weights_bytes=weights,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the engine, bind, serve until interrupted. Bad flags raise ConfigError."""
     import signal
@@ -74,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-prompt-tokens: must be a positive integer, got {args.max_prompt_tokens}")
     if not 0 < args.gpu_memory_utilization <= 1:
         raise ConfigError(f"--gpu-memory-utilization: must be in (0, 1], got {args.gpu_memory_utilization}")
+    limits = _limits(args)
     token = _token(args)
     try:
         check_binding(args.host, token, args.allow_remote)  # before the model is loaded
@@ -105,7 +140,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model: {err}") from None
     try:
         server = RolloutServer(
-            engine, host=args.host, port=args.port, token=token, allow_remote=args.allow_remote, model_name=model_path
+            engine,
+            host=args.host,
+            port=args.port,
+            token=token,
+            allow_remote=args.allow_remote,
+            model_name=model_path,
+            limits=limits,
         )
     except OSError as err:
         raise ConfigError(f"--port: cannot listen on {args.host}:{args.port} ({err.strerror or err})") from None
