@@ -25,8 +25,9 @@ from fault_components import record_result
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rollout.base import RolloutServerError, SamplingParams
+from rollout.http_transport import ServerLimits
 from rollout.remote_engine import RemoteEngine
-from rollout.server import RolloutServer, ServerLimits
+from rollout.server import RolloutServer
 from rollout.transformers_engine import TransformersEngine
 from rollout.weight_sync import ADAPTER_CONFIG_KEY, WeightSync, to_safetensors_bytes
 

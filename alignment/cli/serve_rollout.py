@@ -71,7 +71,7 @@ def _token(args: argparse.Namespace) -> str | None:
 def _limits(args: argparse.Namespace) -> Any:
     import math
 
-    from rollout.server import MIB, ServerLimits
+    from rollout.http_transport import MIB, ServerLimits
 
     for flag, value in (
         ("--max-connections", args.max_connections),
