@@ -67,12 +67,14 @@ def test_two_nodes_zero2_node_killed_then_resume_equals_one_node(tmp_path: Path,
     procs, logs = _two_nodes(recipe, run, hostfile, env, tmp_path, "first")
     wait_for(lambda: bool(_logged_steps(run)) and _logged_steps(run)[-1] >= 2, procs, logs, "step 2")
     kill_group(procs[1])
+    killed = time.monotonic()
     try:
         code = procs[0].wait(timeout=300)
     except subprocess.TimeoutExpired:
         kill_group(procs[0])
         pytest.fail("node 0 kept running for 300 s after node 1 was killed")
     assert code != 0, "node 0 cannot finish the run without node 1"
+    timings["node0_stopped_after_s"] = time.monotonic() - killed
     timings["killed_s"] = time.monotonic() - t0
     check_checkpoints(run)
     steps = _logged_steps(run)
