@@ -113,4 +113,15 @@ def finish(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout: floa
     assert not failed, details
 
 
-__all__ = ["REPO", "VENV_BIN", "finish", "free_port", "group_alive", "kill_group", "launch_sh_env", "start", "wait_for"]
+__all__ = [
+    "REPO",
+    "VENV_BIN",
+    "cli_env",
+    "finish",
+    "free_port",
+    "group_alive",
+    "kill_group",
+    "launch_sh_env",
+    "start",
+    "wait_for",
+]

@@ -186,3 +186,65 @@ def test_two_process_rounds_killed_after_round_one_then_resumed(tmp_path: Path, 
         if r > 1:  # each round continues the adapter of the round before
             previous = str(run / f"round-{r - 1}" / "train" / "checkpoint-2")
             assert previous in (round_dir / "train" / "config.yaml").read_text()
+
+
+RANK_SCRIPT = """
+import json
+from alignment.errors import DataError
+from alignment.learners.rank_group import RankGroup
+from alignment.recipes.recipe import Recipe
+
+ranks = RankGroup(Recipe())
+out = {"gathered": ranks.all_gather(ranks.rank * 10), "broadcast": ranks.broadcast(f"from rank {ranks.rank}")}
+
+
+def work():
+    if ranks.rank == 1:
+        raise DataError("prompts.jsonl: row 3 is bad")
+    return "sampled"
+
+
+try:
+    out["results"] = ranks.run_everywhere(work)
+except DataError as err:
+    out["error"] = str(err)
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.distributed
+def test_rank_group_gathers_broadcasts_and_stops_every_rank_on_one_ranks_error(tmp_path: Path) -> None:
+    """Two plain processes over gloo (no launcher): all_gather / broadcast, and an error raised on rank 1 while
+    sampling reaches rank 0 too, instead of leaving it waiting in the gather."""
+    import subprocess
+    import sys
+
+    from launch_helpers import cli_env
+
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK_SCRIPT],
+            env={
+                **cli_env(),
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+        assert json.loads(out.splitlines()[-1]) == {
+            "gathered": [0, 10],
+            "broadcast": "from rank 0",
+            "error": "prompts.jsonl: row 3 is bad",
+        }
