@@ -4,6 +4,8 @@
 #   bash launch.sh test [PYTEST ARGS]       set up .venv if needed, run the test suite
 #   bash launch.sh RECIPE.yaml [--set k=v ...] [--num_procs N] [--resume] [--output-dir DIR]
 #                                           run any recipe; N > 1 goes through the deepspeed launcher
+#        [--hostfile FILE [--num_nodes M] [--node_rank R --master_addr ADDR] [--master_port P]]
+#                                           several nodes (N processes each; docs/MULTINODE.md)
 #   bash launch.sh align ARGS...            any other `align` command inside the environment
 #   bash launch.sh setup                    only create / update .venv (nothing runs)
 # Environment: ALIGN_VENV (default .venv), ALIGN_PYTHON (interpreter for the venv), ALIGN_TORCH (torch spec).
@@ -82,20 +84,66 @@ install_browser() {
 
 run_recipe() {
   local recipe="$1"; shift
-  local num_procs=1 args=()
+  local num_procs="" num_nodes="" node_rank="" master_addr="" master_port="${MASTER_PORT:-}" hostfile="" args=()
   while [[ $# -gt 0 ]]; do
-    case "$1" in
-      --num_procs|--num-procs) num_procs="$2"; shift 2 ;;
-      --num_procs=*|--num-procs=*) num_procs="${1#*=}"; shift ;;
+    local flag="${1%%=*}" value
+    case "$flag" in
+      --num_procs|--num-procs|--num_nodes|--num-nodes|--node_rank|--node-rank|--master_addr|--master-addr|\
+      --master_port|--master-port|--hostfile)
+        if [[ "$1" == *=* ]]; then
+          value="${1#*=}"; shift
+        else
+          [[ $# -ge 2 ]] || { echo "launch.sh: error: $1 needs a value" >&2; exit 2; }
+          value="$2"; shift 2
+        fi
+        case "${flag//-/_}" in
+          __num_procs) num_procs="$value" ;;
+          __num_nodes) num_nodes="$value" ;;
+          __node_rank) node_rank="$value" ;;
+          __master_addr) master_addr="$value" ;;
+          __master_port) master_port="$value" ;;
+          __hostfile) hostfile="$value" ;;
+        esac
+        ;;
       *) args+=("$1"); shift ;;
     esac
   done
-  if ! [[ "$num_procs" =~ ^[1-9][0-9]*$ ]]; then
-    echo "launch.sh: error: --num_procs must be a positive integer, got '$num_procs'" >&2; exit 2
+  local name
+  for name in num_procs num_nodes master_port; do
+    if [[ -n "${!name}" && ! "${!name}" =~ ^[1-9][0-9]*$ ]]; then
+      echo "launch.sh: error: --$name must be a positive integer, got '${!name}'" >&2; exit 2
+    fi
+  done
+  if [[ -n "$node_rank" && ! "$node_rank" =~ ^[0-9]+$ ]]; then
+    echo "launch.sh: error: --node_rank must be 0, 1, ..., got '$node_rank'" >&2; exit 2
+  fi
+  if [[ -n "$hostfile$num_nodes$node_rank" ]]; then
+    # Several nodes (docs/MULTINODE.md). With --node_rank this command runs on every node (no ssh); without it,
+    # deepspeed starts the other nodes of the hostfile over ssh (pdsh) from this one. The run folder must be one
+    # that every node sees: set output_dir (or --output-dir, or the same ALIGN_RUN_ID on every node).
+    if [[ -z "$hostfile" || ! -f "$hostfile" ]]; then
+      echo "launch.sh: error: several nodes need --hostfile FILE (one line per node: 'HOST slots=N'; see configs/hostfile.example), got '${hostfile}'" >&2
+      exit 2
+    fi
+    local cmd=("$VENV/bin/deepspeed" --hostfile "$hostfile" --master_port "${master_port:-29500}")
+    [[ -n "$num_nodes" ]] && cmd+=(--num_nodes "$num_nodes")
+    [[ -n "$num_procs" ]] && cmd+=(--num_gpus "$num_procs")
+    [[ -n "$master_addr" ]] && cmd+=(--master_addr "$master_addr")
+    if [[ -n "$node_rank" ]]; then
+      if [[ -z "$master_addr" ]]; then
+        echo "launch.sh: error: --node_rank needs --master_addr (the address of node 0, the same on every node)" >&2
+        exit 2
+      fi
+      if [[ -n "$num_nodes" && "$node_rank" -ge "$num_nodes" ]]; then
+        echo "launch.sh: error: --node_rank $node_rank is not below --num_nodes $num_nodes" >&2; exit 2
+      fi
+      cmd+=(--no_ssh --node_rank "$node_rank")
+    fi
+    exec "${cmd[@]}" --module alignment.cli train "$recipe" "${args[@]}"
   fi
   export ALIGN_RUN_ID="${ALIGN_RUN_ID:-$(date +%Y%m%d-%H%M%S)}"
-  if [[ "$num_procs" -gt 1 ]]; then
-    local port="${MASTER_PORT:-$((29500 + RANDOM % 1000))}"
+  if [[ "${num_procs:-1}" -gt 1 ]]; then
+    local port="${master_port:-$((29500 + RANDOM % 1000))}"
     exec "$VENV/bin/deepspeed" --num_gpus "$num_procs" --master_port "$port" \
       --module alignment.cli train "$recipe" "${args[@]}"
   fi
@@ -129,7 +177,7 @@ case "$cmd" in
     run_recipe "$cmd" "$@"
     ;;
   -h|--help|help)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "launch.sh: error: unknown command '$cmd'; use: (nothing) | test | RECIPE.yaml | align ... | setup" >&2

@@ -16,6 +16,13 @@ Round r (1-based) in `RUN_DIR/round-r/`:
 scores (on-policy, before that round's training), pair counts, and the round's last training metrics. A round
 is finished once `round-r/ROUND_COMPLETE` exists; `--resume` skips finished rounds and resumes an unfinished
 round's training from its newest checkpoint (its pairs are reused when they were written).
+
+Under a launcher (`deepspeed`, several processes, one node or several): every rank samples its share of a
+round's generate calls (the calls, their prompts and seeds are those of one process, see
+`onpolicy_pairs.sample_shard`), the scored samples are gathered to every rank, rank 0 writes the round's files,
+and the round trains as an ordinary multi-process run under the recipe's DeepSpeed config. Rank 0 decides what is
+done and what resumes (its view is broadcast), so every rank takes the same path. The run folder must be one
+folder every rank sees (a shared filesystem across nodes).
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ from alignment.errors import ConfigError, DataError
 from alignment.io import MetricsWriter, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from alignment.learners.checkpointing import latest_checkpoint
 from alignment.learners.factory import build_composer, load_model_and_tokenizer
-from alignment.learners.onpolicy_pairs import sample_pairs
+from alignment.learners.onpolicy_pairs import merge_shards, sample_shard
+from alignment.learners.rank_group import RankGroup
 from alignment.learners.run import CONFIG_FILE, METRICS_FILE, RunResult, run_training
-from alignment.learners.trainer_args import world_info
 from alignment.recipes.prompt_data import load_prompts
 from alignment.recipes.recipe import Recipe
 
@@ -53,28 +60,49 @@ def round_recipe(recipe: Recipe, round_dir: Path, adapter: str | None, policy_pa
     )
 
 
-def _sample_round(recipe: Recipe, round_dir: Path, round_index: int, policy: Recipe, composer: Any) -> dict[str, Any]:
+def _sample_round(
+    recipe: Recipe, round_dir: Path, round_index: int, policy: Recipe, composer: Any, ranks: RankGroup
+) -> dict[str, Any]:
     it = recipe.iterative
     dataset = load_prompts(str(it.prompts), recipe.data.prompt_column, it.max_prompts)
     prompts = list(dataset["prompt"])
     columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
-    model, tokenizer = load_model_and_tokenizer(policy)
-    model.eval()
-    params = recipe.rollout.sampling_params(seed=recipe.seed * 1000 + round_index)
-    samples, rows, stats = sample_pairs(
-        model, tokenizer, prompts, composer, it.n, params, it.pairs, columns=columns,
-        batch_size=recipe.rollout.batch_size,
-    )  # fmt: skip
+
+    def sample_this_rank() -> Any:
+        model, tokenizer = load_model_and_tokenizer(policy)
+        model.eval()
+        params = recipe.rollout.sampling_params(seed=recipe.seed * 1000 + round_index)
+        return sample_shard(
+            model, tokenizer, prompts, composer, it.n, params, it.pairs, columns=columns,
+            batch_size=recipe.rollout.batch_size, progress=ranks.is_main, shard=(ranks.rank, ranks.world),
+        )  # fmt: skip
+
+    samples, rows, stats = merge_shards(ranks.run_everywhere(sample_this_rank), len(prompts), composer, it.pairs)
     if not rows:
         raise DataError(
             f"iterative round {round_index}: no preference pair could be built from {len(samples)} samples "
             f"(every group tied: {stats['skipped']}); raise rollout.temperature or change the rewards"
         )
-    round_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(round_dir / "samples.jsonl", samples)
-    atomic_write_json(round_dir / "sample_stats.json", stats)
-    atomic_write_jsonl(round_dir / "pairs.jsonl", rows)  # written last: its presence means sampling finished
+    if ranks.is_main:
+        round_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(round_dir / "samples.jsonl", samples)
+        atomic_write_json(round_dir / "sample_stats.json", stats)
+        atomic_write_jsonl(round_dir / "pairs.jsonl", rows)  # written last: its presence means sampling finished
+    ranks.barrier()  # the round's training reads pairs.jsonl on every rank
     return stats
+
+
+def _finished_rounds(run_dir: Path, recipe: Recipe) -> tuple[str, str | None, int]:
+    """(policy path, adapter, number of rounds finished) from the round markers in `run_dir`."""
+    policy_path, adapter = recipe.model.path, recipe.model.adapter
+    finished = 0
+    for r in range(1, recipe.iterative.rounds + 1):
+        marker = run_dir / f"round-{r}" / ROUND_MARKER
+        if not marker.is_file():
+            break
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        policy_path, adapter, finished = done["policy_path"], done["adapter"], r
+    return policy_path, adapter, finished
 
 
 def _last_train_metrics(train_dir: Path) -> dict[str, Any]:
@@ -87,57 +115,52 @@ def _last_train_metrics(train_dir: Path) -> dict[str, Any]:
 
 def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
     """Run `recipe.iterative.rounds` rounds (see the module docstring); returns a `RunResult`."""
-    if world_info()[1] > 1:
-        raise ConfigError(
-            "iterative.rounds: iterative preference training runs in one process (its rounds launch their own "
-            "training); drop --num_procs / the deepspeed launcher"
-        )
+    ranks = RankGroup(recipe)
     composer = build_composer(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     writer = MetricsWriter(run_dir / METRICS_FILE)
-    policy_path, adapter = recipe.model.path, recipe.model.adapter
-    finished = 0
-    for r in range(1, recipe.iterative.rounds + 1):
-        marker = run_dir / f"round-{r}" / ROUND_MARKER
-        if not marker.is_file():
-            break
-        done = json.loads(marker.read_text(encoding="utf-8"))
-        policy_path, adapter, finished = done["policy_path"], done["adapter"], r
-    if resume:
+    policy_path, adapter, finished = ranks.broadcast(_finished_rounds(run_dir, recipe) if ranks.is_main else None)
+    if resume and ranks.is_main:
         writer.truncate_after(finished)
     for r in range(finished + 1, recipe.iterative.rounds + 1):
         round_dir = run_dir / f"round-{r}"
+        train_dir = round_dir / "train"
         policy = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, path=policy_path, adapter=adapter))
-        if (round_dir / "pairs.jsonl").is_file():
+        sampled, resume_training = ranks.broadcast(
+            ((round_dir / "pairs.jsonl").is_file(), latest_checkpoint(train_dir) is not None) if ranks.is_main else None
+        )
+        if sampled:
             stats = json.loads((round_dir / "sample_stats.json").read_text(encoding="utf-8"))
         else:
-            stats = _sample_round(recipe, round_dir, r, policy, composer)
+            stats = _sample_round(recipe, round_dir, r, policy, composer, ranks)
         sub = round_recipe(recipe, round_dir, adapter, policy_path)
-        train_dir = round_dir / "train"
-        result = run_training(sub, resume=latest_checkpoint(train_dir) is not None)
+        result = run_training(sub, resume=resume_training)
         if result.final_checkpoint is None:
             raise ConfigError(f"iterative round {r}: the training run wrote no checkpoint (train.save_steps)")
         if recipe.peft.enabled or adapter is not None:
             adapter = str(result.final_checkpoint)
         else:
             policy_path = str(result.final_checkpoint)  # full fine-tuning: the next round starts from these weights
-        record = {
-            "step": r,
-            "round": r,
-            "pairs": stats["pairs"],
-            "samples": stats["samples"],
-            "skipped": stats["skipped"],
-            "composite_reward": stats["mean_composite"],
-            "objectives": stats["mean_scores"],
-            "train": _last_train_metrics(train_dir),
-        }
-        writer.write(record)
-        atomic_write_json(round_dir / ROUND_MARKER, {"round": r, "policy_path": policy_path, "adapter": adapter})
-        print(
-            f"round {r}/{recipe.iterative.rounds}: {stats['pairs']} pairs, on-policy composite "
-            f"{stats['mean_composite']:.3f}, trained to {result.final_checkpoint}",
-            flush=True,
-        )
+        if ranks.is_main:
+            record = {
+                "step": r,
+                "round": r,
+                "pairs": stats["pairs"],
+                "samples": stats["samples"],
+                "skipped": stats["skipped"],
+                "composite_reward": stats["mean_composite"],
+                "objectives": stats["mean_scores"],
+                "train": _last_train_metrics(train_dir),
+            }
+            writer.write(record)
+            atomic_write_json(round_dir / ROUND_MARKER, {"round": r, "policy_path": policy_path, "adapter": adapter})
+            print(
+                f"round {r}/{recipe.iterative.rounds}: {stats['pairs']} pairs, on-policy composite "
+                f"{stats['mean_composite']:.3f}, trained to {result.final_checkpoint}",
+                flush=True,
+            )
+        ranks.barrier()
     final = Path(adapter) if adapter is not None else Path(policy_path)
     return RunResult(run_dir=run_dir, final_checkpoint=final, steps=recipe.iterative.rounds)

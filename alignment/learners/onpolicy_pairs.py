@@ -17,6 +17,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -96,6 +97,175 @@ def build_pair_rows(
     return rows, +skipped  # without zero counts
 
 
+@dataclass
+class SampledShard:
+    """What one process sampled (the calls `call % world == rank` of `sample_shard`): its samples and pair rows in
+    prompt order, and the counts and timings `merge_shards` adds up. Plain data, so it can be pickled to the
+    other processes."""
+
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    finish_reasons: Counter[str] = field(default_factory=Counter)
+    generation_seconds: float = 0.0
+    scoring_seconds: float = 0.0
+    completion_tokens: int = 0
+    truncated_prompts: int = 0
+
+
+def sample_shard(
+    model: Any,
+    tokenizer: Any | None,
+    prompts: Sequence[Any],
+    composer: RewardComposer,
+    n: int,
+    params: SamplingParams,
+    pairs: PairMode = "best-worst",
+    *,
+    columns: Mapping[str, Sequence[Any]] | None = None,
+    batch_size: int = 64,
+    max_prompt_tokens: int | None = None,
+    prompt_truncation: Literal["left", "error"] = "left",
+    prompts_per_call: int | None = None,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+) -> SampledShard:
+    """One process's share of `sample_pairs` (same arguments; see there): the prompts are cut into generate calls
+    of `prompts_per_call` prompts, call c seeded `params.seed + c`, and this process (`shard` = (rank, world))
+    runs the calls with c % world == rank. The calls, their prompts and seeds do not depend on `world`, so the
+    shards of any number of processes, merged (`merge_shards`), hold what one process samples alone (on the same
+    kernels); a process with no call left (fewer calls than processes) returns an empty shard.
+    """
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    rank, world = shard
+    if n < 2:
+        raise ValueError(f"n must be >= 2 to build pairs, got {n}")
+    if pairs not in PAIR_MODES:
+        raise ValueError(f"pairs must be one of {PAIR_MODES}, got {pairs!r}")
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    if tokenizer is not None:
+        from rollout.transformers_engine import TransformersEngine
+
+        engine = TransformersEngine(
+            model,
+            tokenizer,
+            batch_size=batch_size,
+            max_prompt_tokens=max_prompt_tokens,
+            prompt_truncation=prompt_truncation,
+        )
+    else:
+        engine = model
+    columns = {k: list(v) for k, v in (columns or {}).items()}
+    for key, values in columns.items():
+        if len(values) != len(prompts):
+            raise ValueError(f"column {key!r} has {len(values)} values for {len(prompts)} prompts")
+    if prompts_per_call is None:
+        in_process = getattr(engine, "name", "") == "transformers"  # batches of batch_size sequences
+        prompts_per_call = max(1, (batch_size if in_process else 1024) // n)
+    names = composer.names
+    out = SampledShard()
+    truncated_before = getattr(engine, "truncated_prompts", 0)
+    calls = [(c, start) for c, start in enumerate(range(0, len(prompts), prompts_per_call)) if c % world == rank]
+    for call, start in tqdm(calls, desc="sampling", unit="call", disable=not progress or len(calls) < 2):
+        chunk = list(prompts[start : start + prompts_per_call])
+        seed = None if params.seed is None else params.seed + call
+        t0 = time.perf_counter()
+        groups = engine.generate(chunk, dataclasses.replace(params, n=n, seed=seed))
+        out.generation_seconds += time.perf_counter() - t0
+        flat_prompts = [p for p in chunk for _ in range(n)]
+        completions = [_completion(p, s.text) for p, group in zip(chunk, groups) for s in group]
+        flat_columns = {
+            k: [v for v in values[start : start + len(chunk)] for _ in range(n)] for k, values in columns.items()
+        }
+        t0 = time.perf_counter()
+        result = composer.score(flat_prompts, completions, **flat_columns)
+        composite = composer.compose(result.matrix, group_size=n).rewards
+        out.scoring_seconds += time.perf_counter() - t0
+        out.failures.update(result.failures)
+        for offset, (prompt, group) in enumerate(zip(chunk, groups)):
+            index = start + offset
+            block = slice(offset * n, (offset + 1) * n)
+            for j, sample in enumerate(group):
+                row = offset * n + j
+                out.completion_tokens += len(sample.completion_ids)
+                out.finish_reasons[sample.finish_reason] += 1
+                out.samples.append(
+                    {
+                        "prompt_index": index,
+                        "sample_index": j,
+                        "prompt": prompt,
+                        "completion": completions[row],
+                        "scores": {name: _finite(result.matrix[row, k]) for k, name in enumerate(names)},
+                        "composite": _finite(composite[row]),
+                        "finish_reason": sample.finish_reason,
+                        "completion_tokens": len(sample.completion_ids),
+                        "logprob_sum": float(sum(sample.logprobs)),
+                    }
+                )
+            group_rows, group_skipped = build_pair_rows(
+                prompt, completions[block], composite[block], result.matrix[block], names, pairs, index
+            )
+            out.rows.extend(group_rows)
+            out.skipped.update(group_skipped)
+    out.truncated_prompts = getattr(engine, "truncated_prompts", 0) - truncated_before
+    return out
+
+
+def merge_shards(
+    shards: Sequence[SampledShard], prompts: int, composer: RewardComposer, pairs: PairMode = "best-worst"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(samples, pair rows, stats) of `prompts` prompts from the shards of every process (see `sample_pairs`).
+
+    Samples come out ordered by (prompt, sample) and rows by prompt (each prompt's rows in the order they were
+    built), as one process writes them. Counts add up; `generation_seconds` / `scoring_seconds` are the slowest
+    shard's (the wall time the processes took together) and `tokens_per_second` is every shard's tokens over it.
+    """
+    names = composer.names
+    samples = sorted(
+        (s for shard in shards for s in shard.samples), key=lambda s: (s["prompt_index"], s["sample_index"])
+    )
+    rows = sorted((r for shard in shards for r in shard.rows), key=lambda r: r["prompt_index"])  # stable
+    skipped: Counter[str] = sum((shard.skipped for shard in shards), Counter())
+    failures: Counter[str] = sum((shard.failures for shard in shards), Counter())
+    finish: Counter[str] = sum((shard.finish_reasons for shard in shards), Counter())
+    gen_seconds = max((shard.generation_seconds for shard in shards), default=0.0)
+    score_seconds = max((shard.scoring_seconds for shard in shards), default=0.0)
+    tokens = sum(shard.completion_tokens for shard in shards)
+    composites = np.array([s["composite"] if s["composite"] is not None else np.nan for s in samples], dtype=float)
+    with np.errstate(all="ignore"):
+        mean_scores = {
+            name: _finite(
+                float(np.nanmean([s["scores"][name] if s["scores"][name] is not None else np.nan for s in samples]))
+            )
+            for name in names
+        }
+        mean_composite = _finite(float(np.nanmean(composites))) if np.isfinite(composites).any() else None
+    stats = {
+        "prompts": prompts,
+        "samples": len(samples),
+        "pairs": len(rows),
+        "pair_mode": pairs,
+        "skipped": {k: skipped.get(k, 0) for k in ("ties", "identical", "unscored", "empty")},
+        "prompts_without_pair": prompts - len({r["prompt_index"] for r in rows}),
+        "failures": {name: failures.get(name, 0) for name in names},
+        "finish_reasons": dict(finish),
+        "truncated_prompts": sum(shard.truncated_prompts for shard in shards),
+        "completion_tokens": tokens,
+        "generation_seconds": gen_seconds,
+        "scoring_seconds": score_seconds,
+        "tokens_per_second": tokens / gen_seconds if gen_seconds > 0 else None,
+        "mean_composite": mean_composite,
+        "mean_scores": mean_scores,
+        "weights": dict(zip(names, [float(w) for w in composer.weighting.weights()])),
+    }
+    return samples, rows, stats
+
+
 def sample_pairs(
     model: Any,
     tokenizer: Any | None,
@@ -122,111 +292,12 @@ def sample_pairs(
 
     Returns (samples, pair rows, stats): one dict per sample with its per-objective `scores` and `composite`,
     the TRL rows (see `build_pair_rows`), and counts and timings. Raises rollout.base.PromptTooLongError
-    (prompt_truncation error) and the composer's errors.
+    (prompt_truncation error) and the composer's errors. Several processes split the work with `sample_shard`
+    and `merge_shards`.
     """
-    import dataclasses
-
-    from tqdm.auto import tqdm
-
-    if n < 2:
-        raise ValueError(f"n must be >= 2 to build pairs, got {n}")
-    if pairs not in PAIR_MODES:
-        raise ValueError(f"pairs must be one of {PAIR_MODES}, got {pairs!r}")
-    if tokenizer is not None:
-        from rollout.transformers_engine import TransformersEngine
-
-        engine = TransformersEngine(
-            model,
-            tokenizer,
-            batch_size=batch_size,
-            max_prompt_tokens=max_prompt_tokens,
-            prompt_truncation=prompt_truncation,
-        )
-    else:
-        engine = model
-    columns = {k: list(v) for k, v in (columns or {}).items()}
-    for key, values in columns.items():
-        if len(values) != len(prompts):
-            raise ValueError(f"column {key!r} has {len(values)} values for {len(prompts)} prompts")
-    if prompts_per_call is None:
-        in_process = getattr(engine, "name", "") == "transformers"  # batches of batch_size sequences
-        prompts_per_call = max(1, (batch_size if in_process else 1024) // n)
-    names = composer.names
-    samples: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    skipped: Counter[str] = Counter()
-    failures: Counter[str] = Counter()
-    finish: Counter[str] = Counter()
-    gen_seconds = score_seconds = 0.0
-    tokens = 0
-    truncated_before = getattr(engine, "truncated_prompts", 0)
-    starts = range(0, len(prompts), prompts_per_call)
-    for call, start in enumerate(tqdm(starts, desc="sampling", unit="call", disable=not progress or len(starts) < 2)):
-        chunk = list(prompts[start : start + prompts_per_call])
-        seed = None if params.seed is None else params.seed + call
-        t0 = time.perf_counter()
-        groups = engine.generate(chunk, dataclasses.replace(params, n=n, seed=seed))
-        gen_seconds += time.perf_counter() - t0
-        flat_prompts = [p for p in chunk for _ in range(n)]
-        completions = [_completion(p, s.text) for p, group in zip(chunk, groups) for s in group]
-        flat_columns = {
-            k: [v for v in values[start : start + len(chunk)] for _ in range(n)] for k, values in columns.items()
-        }
-        t0 = time.perf_counter()
-        result = composer.score(flat_prompts, completions, **flat_columns)
-        composite = composer.compose(result.matrix, group_size=n).rewards
-        score_seconds += time.perf_counter() - t0
-        failures.update(result.failures)
-        for offset, (prompt, group) in enumerate(zip(chunk, groups)):
-            index = start + offset
-            block = slice(offset * n, (offset + 1) * n)
-            for j, sample in enumerate(group):
-                row = offset * n + j
-                tokens += len(sample.completion_ids)
-                finish[sample.finish_reason] += 1
-                samples.append(
-                    {
-                        "prompt_index": index,
-                        "sample_index": j,
-                        "prompt": prompt,
-                        "completion": completions[row],
-                        "scores": {name: _finite(result.matrix[row, k]) for k, name in enumerate(names)},
-                        "composite": _finite(composite[row]),
-                        "finish_reason": sample.finish_reason,
-                        "completion_tokens": len(sample.completion_ids),
-                        "logprob_sum": float(sum(sample.logprobs)),
-                    }
-                )
-            group_rows, group_skipped = build_pair_rows(
-                prompt, completions[block], composite[block], result.matrix[block], names, pairs, index
-            )
-            rows.extend(group_rows)
-            skipped.update(group_skipped)
-    composites = np.array([s["composite"] if s["composite"] is not None else np.nan for s in samples], dtype=float)
-    with np.errstate(all="ignore"):
-        mean_scores = {
-            name: _finite(
-                float(np.nanmean([s["scores"][name] if s["scores"][name] is not None else np.nan for s in samples]))
-            )
-            for name in names
-        }
-        mean_composite = _finite(float(np.nanmean(composites))) if np.isfinite(composites).any() else None
-    stats = {
-        "prompts": len(prompts),
-        "samples": len(samples),
-        "pairs": len(rows),
-        "pair_mode": pairs,
-        "skipped": {k: skipped.get(k, 0) for k in ("ties", "identical", "unscored", "empty")},
-        "prompts_without_pair": len(prompts) - len({r["prompt_index"] for r in rows}),
-        "failures": {name: failures.get(name, 0) for name in names},
-        "finish_reasons": dict(finish),
-        "truncated_prompts": getattr(engine, "truncated_prompts", 0) - truncated_before,
-        "completion_tokens": tokens,
-        "generation_seconds": gen_seconds,
-        "scoring_seconds": score_seconds,
-        "tokens_per_second": tokens / gen_seconds if gen_seconds > 0 else None,
-        "mean_composite": mean_composite,
-        "mean_scores": mean_scores,
-        "weights": dict(zip(names, [float(w) for w in composer.weighting.weights()])),
-    }
-    return samples, rows, stats
+    shard = sample_shard(
+        model, tokenizer, prompts, composer, n, params, pairs, columns=columns, batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens, prompt_truncation=prompt_truncation,
+        prompts_per_call=prompts_per_call, progress=progress,
+    )  # fmt: skip
+    return merge_shards([shard], len(prompts), composer, pairs)

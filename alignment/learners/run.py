@@ -46,8 +46,9 @@ def resolve_run_dir(recipe: Recipe) -> Path:
     if run_id is None:
         if world_info()[1] > 1:
             raise ConfigError(
-                "output_dir: a multi-process run needs output_dir set (or ALIGN_RUN_ID, which launch.sh sets) "
-                "so that every process writes to the same folder"
+                "output_dir: a multi-process run needs output_dir set (or ALIGN_RUN_ID, which launch.sh sets on "
+                "one node) so that every process writes to the same folder; on several nodes, a folder every node "
+                "sees"
             )
         run_id = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stem}-{run_id}"

@@ -22,20 +22,48 @@ def distributed_kwargs(recipe: Recipe) -> dict[str, Any]:
     transformers hands DeepSpeed runs to accelerate without a backend, and on a CPU-only machine accelerate
     then counts one process although DeepSpeed has started several (so batch sizes and gathers would be
     wrong). Setting up accelerate's state first with the gloo backend, and telling TrainingArguments to use
-    it, gives every process the right world size.
+    it, gives every process the right world size. The state is set up once per process and reused by every
+    later run in it (iterative rounds).
     """
     import torch
 
     if recipe.train.deepspeed is None or torch.cuda.is_available():
         return {}
     from accelerate import PartialState
+    from accelerate.state import AcceleratorState
 
+    # A trainer built earlier in this process (the previous iterative round) left accelerate's state holding its
+    # DeepSpeed plugin, which a second Accelerator refuses; clear it and keep the process group (PartialState).
+    AcceleratorState._reset_state(reset_partial_state=False)
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     try:
         PartialState(backend="gloo")
     finally:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
     return {"accelerator_config": {"use_configured_state": True}}
+
+
+def init_process_group(recipe: Recipe) -> None:
+    """Start torch.distributed in a launched process before any trainer exists, the way the recipe's trainer
+    starts it (accelerate's state: gloo for DeepSpeed on CPU, DeepSpeed's backend on GPU, else accelerate's
+    choice), so that the trainers built later reuse the group. Does nothing when it is already up."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    distributed_kwargs(recipe)  # CPU + DeepSpeed
+    if dist.is_initialized():
+        return
+    from accelerate import PartialState
+
+    use_deepspeed = recipe.train.deepspeed is not None
+    if use_deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState()
+    finally:
+        if use_deepspeed:
+            del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
 def zero_stage(path: str) -> int:
