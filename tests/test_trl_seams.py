@@ -1,4 +1,4 @@
-"""The points where our learners reach into TRL, transformers and DeepSpeed, pinned against the installed versions.
+"""The points where our learners reach into TRL, transformers, accelerate and DeepSpeed, pinned against the installed versions.
 
 Our learners override or call private methods (TRL has no public hook for them). When an upgrade renames one or
 changes its parameters, the subclass would silently stop being called or break mid-run; this test fails first,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from accelerate.state import AcceleratorState
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from transformers import Trainer
 from trl import DPOTrainer, GRPOTrainer
@@ -45,6 +46,8 @@ SEAMS = [
     (Trainer, "_save_checkpoint", ["model", "trial"], AtomicCheckpointMixin),
     (Trainer, "train", ["resume_from_checkpoint"], None),
     (TorchCheckpointEngine, "load", ["path", "map_location"], None),
+    # iterative rounds under the launcher: accelerate's state is cleared between rounds, the process group kept
+    (AcceleratorState, "_reset_state", ["reset_partial_state"], None),
 ]
 
 
