@@ -1,4 +1,4 @@
-"""The points where our learners reach into TRL, transformers, accelerate and DeepSpeed, pinned against the installed versions.
+"""Where our learners reach into TRL, transformers, accelerate and DeepSpeed, pinned against the installed versions.
 
 Our learners override or call private methods (TRL has no public hook for them). When an upgrade renames one or
 changes its parameters, the subclass would silently stop being called or break mid-run; this test fails first,
