@@ -3,14 +3,14 @@
 Round r (1-based) in `RUN_DIR/round-r/`:
 
 1. sample: the current policy (base model + the adapter trained so far) generates `iterative.n` completions per
-   prompt with the rollout worker's transformers engine; the recipe's `rewards` composer scores them
-   (`alignment.sample.sample_pairs`). Written atomically: `samples.jsonl` (every sample with its per-objective
-   scores), `pairs.jsonl` (TRL rows: chosen = best, rejected = worst by the composite, ties skipped),
+   prompt with the rollout worker (transformers, or vLLM with `rollout.engine: vllm`); the `rewards` composer
+   scores them (`alignment.sample.sample_pairs`). Written atomically: `samples.jsonl` (every sample with its
+   per-objective scores), `pairs.jsonl` (TRL rows: chosen = best, rejected = worst by the composite, ties skipped),
    `sample_stats.json`.
 2. train: an ordinary preference run folder `round-r/train/` of `iterative.steps_per_round` steps on those pairs,
    continuing the previous round's adapter (TRL then keeps a frozen copy of it as the reference, so each round is
    regularised towards the policy that sampled its pairs).
-3. sync: the next round samples from the new adapter (the transformers engine loads it; nothing to push).
+3. sync: the next round samples from the new adapter (the engine loads it: nothing to push).
 
 `RUN_DIR/metrics.jsonl` gets one line per round (`step` = round): the samples' mean composite and per-objective
 scores (on-policy, before that round's training), pair counts, and the round's last training metrics. A round
@@ -55,13 +55,26 @@ def _sample_round(recipe: Recipe, round_dir: Path, round_index: int, policy: Rec
     dataset = load_prompts(str(it.prompts), recipe.data.prompt_column, it.max_prompts)
     prompts = list(dataset["prompt"])
     columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
-    model, tokenizer = _load_model_and_tokenizer(policy)
-    model.eval()
+    from rollout.factory import build_sampling_engine
+
+    try:  # rollout.engine vllm: the policy (base + adapter so far) in vLLM; None: transformers
+        engine = build_sampling_engine(
+            recipe.rollout, policy.model.path, adapter=policy.model.adapter, dtype=recipe.model.dtype, seed=recipe.seed
+        )
+    except ValueError as err:
+        raise ConfigError(f"rollout: {err}") from None
+    model, tokenizer = (engine, None) if engine is not None else _load_model_and_tokenizer(policy)
+    if engine is None:
+        model.eval()
     params = recipe.rollout.sampling_params(seed=recipe.seed * 1000 + round_index)
-    samples, rows, stats = sample_pairs(
-        model, tokenizer, prompts, composer, it.n, params, it.pairs, columns=columns,
-        batch_size=recipe.rollout.batch_size,
-    )  # fmt: skip
+    try:
+        samples, rows, stats = sample_pairs(
+            model, tokenizer, prompts, composer, it.n, params, it.pairs, columns=columns,
+            batch_size=recipe.rollout.batch_size,
+        )  # fmt: skip
+    finally:
+        if engine is not None:
+            engine.close()  # its memory goes back before the round trains
     if not rows:
         raise DataError(
             f"iterative round {round_index}: no preference pair could be built from {len(samples)} samples "

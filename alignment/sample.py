@@ -62,6 +62,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=None, help="prompt budget (default: context - max)")
     parser.add_argument("--prompt-truncation", choices=("left", "error"), default="left")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--vllm-options", default=None, help='vLLM: LLM(...) settings as JSON, e.g. {"enforce_eager": true}'
+    )
+
+
+def vllm_options(text: str | None) -> dict[str, Any]:
+    """`--vllm-options` JSON as a dict; ConfigError when it is not a JSON object."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--vllm-options: not JSON ({err.msg} at character {err.pos})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--vllm-options: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -77,6 +95,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--n: pairs need at least 2 completions per prompt, got {args.n}")
     if not args.temperature > 0:
         raise ConfigError(f"--temperature: must be > 0, got {args.temperature}")
+    if args.engine == "vllm" and not args.server_url and args.temperature > 2:
+        raise ConfigError(f"--temperature: must be <= 2 with --engine vllm, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p: must be in (0, 1], got {args.top_p}")
     if args.top_k < 0:
@@ -326,9 +346,12 @@ def _engine(args: argparse.Namespace) -> Any:
             max_prompt_tokens=args.max_prompt_tokens,
             prompt_truncation=args.prompt_truncation,
             seed=args.seed,
+            vllm_options=vllm_options(getattr(args, "vllm_options", None)),
         )
     except ModelLoadError as err:
         raise ConfigError(f"--model: {err}") from None
+    except ValueError as err:  # settings the engine cannot run with
+        raise ConfigError(f"--engine {args.engine}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM's share of GPU memory")
     parser.add_argument("--enable-lora", action="store_true", help="vLLM: accept LoRA adapters (adapter-only sync)")
     parser.add_argument("--max-lora-rank", type=int, default=16, help="vLLM: largest LoRA rank accepted")
+    parser.add_argument(
+        "--vllm-options", default=None, help='vLLM: more LLM(...) settings as JSON, e.g. {"enforce_eager": true}'
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
@@ -74,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-prompt-tokens: must be a positive integer, got {args.max_prompt_tokens}")
     if not 0 < args.gpu_memory_utilization <= 1:
         raise ConfigError(f"--gpu-memory-utilization: must be in (0, 1], got {args.gpu_memory_utilization}")
+    from alignment.sample import vllm_options
+
+    options = vllm_options(args.vllm_options)
     token = _token(args)
     try:
         check_binding(args.host, token, args.allow_remote)  # before the model is loaded
@@ -100,9 +106,12 @@ def run(args: argparse.Namespace) -> int:
             max_lora_rank=args.max_lora_rank,
             seed=args.seed,
             trust_remote_code=args.trust_remote_code,
+            vllm_options=options,
         )
     except ModelLoadError as err:
         raise ConfigError(f"--model: {err}") from None
+    except ValueError as err:  # settings the engine cannot run with
+        raise ConfigError(f"--engine {args.engine}: {err}") from None
     try:
         server = RolloutServer(
             engine, host=args.host, port=args.port, token=token, allow_remote=args.allow_remote, model_name=model_path

@@ -354,6 +354,8 @@ def _grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
         )
     except RolloutServerError as err:
         raise ConfigError(f"rollout.server_url: {err}") from None
+    except ValueError as err:  # settings the engine cannot run with (e.g. vLLM's sleep mode on CPU)
+        raise ConfigError(f"rollout: {err}") from None
     sampling = recipe.rollout.sampling_params()
 
     def build(callbacks: list[Any]) -> Any:
