@@ -167,6 +167,7 @@ class VLLMEngine:
             max_lora_rank = max(max_lora_rank, int(adapter_config.get("r") or 0))
         self.model_path = model_path
         self.enable_lora = enable_lora
+        self._owns_process_group = False
         self.max_lora_rank = supported_lora_rank(max_lora_rank) if enable_lora else 0
         if llm is None:
             llm = self._start(
@@ -227,6 +228,9 @@ class VLLMEngine:
         llm_options["dtype"] = engine_dtype(
             settings["dtype"], options, lora=self.enable_lora, cuda=current_platform.is_cuda_alike()
         )
+        import torch.distributed
+
+        self._owns_process_group = not torch.distributed.is_initialized()  # vLLM makes a 1-process group
         try:
             with _keep_torch_threads():
                 return LLM(**llm_options)
@@ -429,8 +433,15 @@ class VLLMEngine:
         self._forget(*previous)
 
     def close(self) -> None:
-        """Remove the adapter folder written for vLLM and release the engine (its KV cache and weights)."""
+        """Remove the adapter folder written for vLLM and release the engine (its KV cache and weights, and the
+        1-process torch.distributed group vLLM made when there was none before)."""
+        if self.llm is None:
+            return
         self._drop_adapter()
         llm, self.llm = self.llm, None
         del llm
         gc.collect()
+        if self._owns_process_group:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
