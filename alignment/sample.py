@@ -301,6 +301,7 @@ def sample_pairs(
         "prompts_without_pair": len(prompts) - len({r["prompt_index"] for r in rows}),
         "failures": {name: failures.get(name, 0) for name in names},
         "finish_reasons": dict(finish),
+        "engine": getattr(engine, "name", type(engine).__name__),
         "truncated_prompts": getattr(engine, "truncated_prompts", 0) - truncated_before,
         "completion_tokens": tokens,
         "generation_seconds": gen_seconds,
