@@ -140,6 +140,19 @@ def test_engine_dtype_for_lora_on_cuda() -> None:
         engine_dtype("bfloat16", {"dtype": "float32"}, lora=True, cuda=True)
 
 
+def test_a_users_multiprocessing_setting_is_overridden_with_a_warning(monkeypatch, caplog) -> None:
+    """The colocated engine must run in this process (the reload takes the learner's tensors by reference)."""
+    from rollout.vllm_engine import IN_PROCESS_ENV, keep_engine_in_process
+
+    monkeypatch.setenv(IN_PROCESS_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger="rollout"):
+        keep_engine_in_process()
+    assert os.environ[IN_PROCESS_ENV] == "0" and "VLLM_ENABLE_V1_MULTIPROCESSING=1 overridden to 0" in caplog.text
+    monkeypatch.delenv(IN_PROCESS_ENV)
+    keep_engine_in_process()
+    assert os.environ[IN_PROCESS_ENV] == "0"
+
+
 def test_lora_rank_is_rounded_up_to_what_vllm_accepts() -> None:
     assert [supported_lora_rank(r) for r in (1, 2, 8, 9, 64, 300)] == [1, 8, 8, 16, 64, 320]
     with pytest.raises(ValueError, match="largest"):
