@@ -248,6 +248,8 @@ def trl_run(mode: str, steps: int, out: Path) -> None:
         report_to="none",
         save_strategy="no",
         logging_steps=1,
+        bf16=False,  # TRL's default; there is no bf16 here
+        use_cpu=not torch.cuda.is_available(),
         **extra,
     )
     model = AutoModelForCausalLM.from_pretrained(str(TINY_POLICY), dtype=torch.float32)
