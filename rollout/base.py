@@ -23,6 +23,10 @@ class PromptTooLongError(ValueError):
     """A prompt does not fit the engine's prompt budget and the policy is `error` (or nothing fits at all)."""
 
 
+class UnsupportedRequestError(ValueError):
+    """The engine cannot serve these sampling parameters (e.g. vLLM refuses temperature > 2): a 400 over HTTP."""
+
+
 class RolloutServerError(RuntimeError):
     """The rollout server refused a request, or could not be reached after every retry (names host:port)."""
 
@@ -90,6 +94,8 @@ class Sample:
 
     `logprobs[t]` is log pi(completion_ids[t] | prefix) under the sampling distribution at temperature T
     (raw logits / T, before top-k/top-p truncation), the quantity TRL recomputes as old_per_token_logps.
+    The vLLM engine matches this with top_k = 0 and top_p = 1; with truncation on, its logprobs are those of the
+    truncated, renormalised distribution (it warns).
     """
 
     text: str

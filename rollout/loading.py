@@ -23,6 +23,22 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
 
 
+def adapter_base(path: str | Path, base_model: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """(base model folder, adapter config) of the PEFT adapter folder `path`; ModelLoadError when the config is
+    unreadable or the base (`base_model`, else the config's `base_model_name_or_path`) is no local model folder."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path}: unreadable adapter_config.json ({err})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: adapter_config.json is not a JSON object")
+    base = Path(base_model or config.get("base_model_name_or_path") or "")
+    if not (base / "config.json").is_file():
+        raise ModelLoadError(f"{path}: adapter whose base model {str(base)!r} is not a local model folder")
+    return base, config
+
+
 def load_policy(
     path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False, base_model: str | None = None
 ) -> tuple[Any, Any]:
@@ -36,13 +52,7 @@ def load_policy(
     path = Path(path)
     adapter = is_adapter_dir(path)
     if adapter:
-        try:
-            config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ModelLoadError(f"{path}: unreadable adapter_config.json ({err})") from None
-        base = Path(base_model or config.get("base_model_name_or_path") or "")
-        if not (base / "config.json").is_file():
-            raise ModelLoadError(f"{path}: adapter whose base model {str(base)!r} is not a local model folder")
+        base, _ = adapter_base(path, base_model)
     elif not (path / "config.json").is_file():
         raise ModelLoadError(
             f"{str(path)!r} is not a model folder (no config.json) or adapter (no adapter_config.json)"

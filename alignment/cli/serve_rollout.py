@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from alignment.cli.engine_options import add_vllm_options_argument, engine_from_args, vllm_options
 from alignment.errors import ConfigError
 
 HELP = "serve a rollout engine (transformers or vLLM) over HTTP for learners and `align sample`"
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM's share of GPU memory")
     parser.add_argument("--enable-lora", action="store_true", help="vLLM: accept LoRA adapters (adapter-only sync)")
     parser.add_argument("--max-lora-rank", type=int, default=16, help="vLLM: largest LoRA rank accepted")
+    add_vllm_options_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.gpu_memory_utilization <= 1:
         raise ConfigError(f"--gpu-memory-utilization: must be in (0, 1], got {args.gpu_memory_utilization}")
     limits = _limits(args)
+    vllm_options(args.vllm_options)  # a bad --vllm-options stops before the model is loaded
     token = _token(args)
     try:
         check_binding(args.host, token, args.allow_remote)  # before the model is loaded
@@ -119,25 +122,14 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from rollout.factory import build_standalone_engine
-    from rollout.loading import ModelLoadError
-
-    try:
-        engine = build_standalone_engine(
-            args.engine,
-            model_path,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            max_prompt_tokens=args.max_prompt_tokens,
-            prompt_truncation=args.prompt_truncation,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enable_lora=args.enable_lora,
-            max_lora_rank=args.max_lora_rank,
-            seed=args.seed,
-            trust_remote_code=args.trust_remote_code,
-        )
-    except ModelLoadError as err:
-        raise ConfigError(f"--model: {err}") from None
+    engine = engine_from_args(
+        args,
+        model_path,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_lora=args.enable_lora,
+        max_lora_rank=args.max_lora_rank,
+        trust_remote_code=args.trust_remote_code,
+    )
     try:
         server = RolloutServer(
             engine,

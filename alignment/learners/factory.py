@@ -178,3 +178,5 @@ def build_rollout_engine(recipe: Recipe, model: Any, tokenizer: Any) -> Any:
         )
     except RolloutServerError as err:
         raise ConfigError(f"rollout.server_url: {err}") from None
+    except ValueError as err:  # settings the engine cannot run with (e.g. vLLM's sleep mode on CPU)
+        raise ConfigError(f"rollout: {err}") from None

@@ -3,14 +3,14 @@
 Round r (1-based) in `RUN_DIR/round-r/`:
 
 1. sample: the current policy (base model + the adapter trained so far) generates `iterative.n` completions per
-   prompt with the rollout worker's transformers engine; the recipe's `rewards` composer scores them
-   (`alignment.learners.onpolicy_pairs.sample_pairs`). Written atomically: `samples.jsonl` (every sample with its
+   prompt with the rollout worker (transformers, or vLLM with `rollout.engine: vllm`); the `rewards` composer
+   scores them (`alignment.learners.onpolicy_pairs`). Written atomically: `samples.jsonl` (every sample with its
    per-objective scores), `pairs.jsonl` (TRL rows: chosen = best, rejected = worst by the composite, ties skipped),
    `sample_stats.json`.
 2. train: an ordinary preference run folder `round-r/train/` of `iterative.steps_per_round` steps on those pairs,
    continuing the previous round's adapter (TRL then keeps a frozen copy of it as the reference, so each round is
    regularised towards the policy that sampled its pairs).
-3. sync: the next round samples from the new adapter (the transformers engine loads it; nothing to push).
+3. sync: the next round samples from the new adapter (the engine loads it: nothing to push).
 
 `RUN_DIR/metrics.jsonl` gets one line per round (`step` = round): the samples' mean composite and per-objective
 scores (on-policy, before that round's training), pair counts, and the round's last training metrics. A round
@@ -43,6 +43,7 @@ from alignment.learners.rank_group import RankGroup
 from alignment.learners.run import CONFIG_FILE, METRICS_FILE, RunResult, run_training
 from alignment.recipes.prompt_data import load_prompts
 from alignment.recipes.recipe import Recipe
+from rollout.factory import build_sampling_engine
 
 ROUND_MARKER = "ROUND_COMPLETE"
 
@@ -69,13 +70,30 @@ def _sample_round(
     columns = {c: list(dataset[c]) for c in dataset.column_names if c != "prompt"}
 
     def sample_this_rank() -> Any:
-        model, tokenizer = load_model_and_tokenizer(policy)
-        model.eval()
+        try:  # rollout.engine vllm: the policy (base + adapter so far) in vLLM; None: the transformers engine
+            engine = build_sampling_engine(
+                recipe.rollout,
+                policy.model.path,
+                adapter=policy.model.adapter,
+                dtype=recipe.model.dtype,
+                seed=recipe.seed,
+            )
+        except ValueError as err:
+            raise ConfigError(f"rollout: {err}") from None
+        if engine is None:
+            model, tokenizer = load_model_and_tokenizer(policy)
+            model.eval()
+        else:
+            model, tokenizer = engine, None
         params = recipe.rollout.sampling_params(seed=recipe.seed * 1000 + round_index)
-        return sample_shard(
-            model, tokenizer, prompts, composer, it.n, params, it.pairs, columns=columns,
-            batch_size=recipe.rollout.batch_size, progress=ranks.is_main, shard=(ranks.rank, ranks.world),
-        )  # fmt: skip
+        try:
+            return sample_shard(
+                model, tokenizer, prompts, composer, it.n, params, it.pairs, columns=columns,
+                batch_size=recipe.rollout.batch_size, progress=ranks.is_main, shard=(ranks.rank, ranks.world),
+            )  # fmt: skip
+        finally:
+            if engine is not None:
+                engine.close()  # its memory goes back before the round trains
 
     samples, rows, stats = merge_shards(ranks.run_everywhere(sample_this_rank), len(prompts), composer, it.pairs)
     if not rows:

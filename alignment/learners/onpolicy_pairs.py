@@ -112,6 +112,7 @@ class SampledShard:
     scoring_seconds: float = 0.0
     completion_tokens: int = 0
     truncated_prompts: int = 0
+    engine: str = ""
 
 
 def sample_shard(
@@ -168,7 +169,7 @@ def sample_shard(
         in_process = getattr(engine, "name", "") == "transformers"  # batches of batch_size sequences
         prompts_per_call = max(1, (batch_size if in_process else 1024) // n)
     names = composer.names
-    out = SampledShard()
+    out = SampledShard(engine=getattr(engine, "name", type(engine).__name__))
     truncated_before = getattr(engine, "truncated_prompts", 0)
     calls = [(c, start) for c, start in enumerate(range(0, len(prompts), prompts_per_call)) if c % world == rank]
     for call, start in tqdm(calls, desc="sampling", unit="call", disable=not progress or len(calls) < 2):
@@ -254,6 +255,7 @@ def merge_shards(
         "prompts_without_pair": prompts - len({r["prompt_index"] for r in rows}),
         "failures": {name: failures.get(name, 0) for name in names},
         "finish_reasons": dict(finish),
+        "engine": next((shard.engine for shard in shards if shard.engine), None),
         "truncated_prompts": sum(shard.truncated_prompts for shard in shards),
         "completion_tokens": tokens,
         "generation_seconds": gen_seconds,

@@ -124,6 +124,8 @@ class RolloutConfig:
 
     def validate(self, where: str) -> None:
         _check(self.temperature > 0, f"{where}.temperature", f"must be > 0, got {self.temperature}")
+        if self.engine == "vllm":  # vLLM's SamplingParams refuses more
+            _check(self.temperature <= 2, f"{where}.temperature", f"must be <= 2 with vllm, got {self.temperature}")
         _check(0 < self.top_p <= 1, f"{where}.top_p", f"must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, f"{where}.top_k", f"must be >= 0 (0 = off), got {self.top_k}")
         _check(self.max_new_tokens > 0, f"{where}.max_new_tokens", f"must be positive, got {self.max_new_tokens}")
