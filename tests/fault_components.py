@@ -63,6 +63,25 @@ def bad_values(prompts: Sequence[Any], completions: Sequence[Any], log: str | No
     return values
 
 
+def huge_values(prompts: Sequence[Any], completions: Sequence[Any], log: str | None = None, **_: Any) -> list[float]:
+    """+1e308 or -1e308 (finite, but far beyond any reward scale) on about half of the rows (CRC buckets 0 and 1
+    of 4), the word count elsewhere."""
+    values = []
+    for completion in completions:
+        bucket = _bucket(completion, 4)
+        if bucket < 2:
+            _log(log, "huge", completion)
+            values.append(1e308 if bucket == 0 else -1e308)
+        else:
+            values.append(_words(completion))
+    return values
+
+
+def nan_everywhere(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    """NaN on every row: a component that is broken, not one that does not apply (that would return None)."""
+    return [math.nan for _ in completions]
+
+
 def hangs(prompts: Sequence[Any], completions: Sequence[Any], log: str | None = None, **_: Any) -> list[float]:
     """Hangs (sleeps for an hour) on every batch call and on single rows in CRC bucket 0 of 4; else word counts."""
     if len(completions) > 1 or _bucket(completions[0], 4) == 0:
