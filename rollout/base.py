@@ -23,6 +23,11 @@ class PromptTooLongError(ValueError):
     """A prompt does not fit the engine's prompt budget and the policy is `error` (or nothing fits at all)."""
 
 
+class PromptRenderError(ValueError):
+    """A chat prompt the tokenizer cannot render: it has no chat template, or its template rejects the messages
+    (roles, order, content). The message is one line."""
+
+
 class RolloutServerError(RuntimeError):
     """The rollout server refused a request, or could not be reached after every retry (names host:port)."""
 

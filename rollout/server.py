@@ -25,7 +25,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from rollout.base import PromptTooLongError, RolloutEngine, SamplingParams
+from rollout.base import PromptRenderError, PromptTooLongError, RolloutEngine, SamplingParams
 from rollout.weight_sync import ADAPTER_CONFIG_KEY, from_safetensors_bytes
 
 logger = logging.getLogger("rollout.server")
@@ -171,7 +171,7 @@ class RolloutServer:
         with self._engine_lock:
             try:
                 groups = self.engine.generate(prompts, params)
-            except PromptTooLongError as err:
+            except (PromptTooLongError, PromptRenderError) as err:
                 raise HTTPError(400, str(err)) from None
         return {"samples": [[s.to_dict() for s in group] for group in groups]}
 
