@@ -206,6 +206,19 @@ def check_checkpoints(run_dir: Path) -> list[Path]:
     return folders
 
 
+def unwritable_folder(tmp_path: Path) -> Path | None:
+    """A folder this process cannot create anything in, or None where there is none (root ignores modes)."""
+    import os
+
+    if not os.access("/proc/self", os.W_OK):
+        return Path("/proc/self")
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        return locked
+    return None
+
+
 def record_result(name: str, data: Any) -> None:
     """Append `{name: data}` to the JSONL file named by $RELIABILITY_REPORT (how RELIABILITY.md gets its
     numbers: `RELIABILITY_REPORT=/tmp/r.jsonl pytest tests/test_faults.py ...`); does nothing when unset."""

@@ -16,6 +16,11 @@ Round r (1-based) in `RUN_DIR/round-r/`:
 scores (on-policy, before that round's training), pair counts, and the round's last training metrics. A round
 is finished once `round-r/ROUND_COMPLETE` exists; `--resume` skips finished rounds and resumes an unfinished
 round's training from its newest checkpoint (its pairs are reused when they were written).
+
+Before anything is written, the composer is built and the sampling prompts are read and rendered with the
+policy's tokenizer (chat prompts need a template that accepts them). A fresh run then marks RUN_DIR as an
+iterative run folder (`alignment.outputs`) and writes its config.yaml; a resumed one rewrites config.yaml and cuts
+metrics.jsonl back only once its first round has finished, so a resume refused on the way changes nothing.
 """
 
 from __future__ import annotations
@@ -25,15 +30,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from alignment.errors import ConfigError, DataError
-from alignment.io import MetricsWriter, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from alignment.learners.checkpointing import latest_checkpoint
+from alignment.io import MetricsWriter, atomic_write_json, atomic_write_jsonl
+from alignment.learners.chat_check import check_prompt_rendering, load_tokenizer
 from alignment.learners.factory import build_composer, load_model_and_tokenizer
 from alignment.learners.onpolicy_pairs import sample_pairs
-from alignment.learners.run import CONFIG_FILE, METRICS_FILE, RunResult, run_training
+from alignment.learners.run import METRICS_FILE, RunResult, run_training, write_run_files
 from alignment.learners.trainer_args import world_info
+from alignment.outputs import is_run_folder
 from alignment.recipes.prompt_data import load_prompts
 from alignment.recipes.recipe import Recipe
 
@@ -93,8 +97,11 @@ def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
             "training); drop --num_procs / the deepspeed launcher"
         )
     composer = build_composer(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    it = recipe.iterative
+    prompts = load_prompts(str(it.prompts), recipe.data.prompt_column, it.max_prompts)["prompt"]
+    check_prompt_rendering(load_tokenizer(recipe.model.path, recipe.model.trust_remote_code), prompts, it.prompts)
+    if not resume:
+        write_run_files(run_dir, recipe)
     writer = MetricsWriter(run_dir / METRICS_FILE)
     policy_path, adapter = recipe.model.path, recipe.model.adapter
     finished = 0
@@ -104,8 +111,7 @@ def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
             break
         done = json.loads(marker.read_text(encoding="utf-8"))
         policy_path, adapter, finished = done["policy_path"], done["adapter"], r
-    if resume:
-        writer.truncate_after(finished)
+    pending_resume = resume  # config.yaml and metrics.jsonl are touched only once a resumed round has finished
     for r in range(finished + 1, recipe.iterative.rounds + 1):
         round_dir = run_dir / f"round-{r}"
         policy = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, path=policy_path, adapter=adapter))
@@ -115,7 +121,7 @@ def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
             stats = _sample_round(recipe, round_dir, r, policy, composer)
         sub = round_recipe(recipe, round_dir, adapter, policy_path)
         train_dir = round_dir / "train"
-        result = run_training(sub, resume=latest_checkpoint(train_dir) is not None)
+        result = run_training(sub, resume=is_run_folder(train_dir))
         if result.final_checkpoint is None:
             raise ConfigError(f"iterative round {r}: the training run wrote no checkpoint (train.save_steps)")
         if recipe.peft.enabled or adapter is not None:
@@ -132,6 +138,10 @@ def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
             "objectives": stats["mean_scores"],
             "train": _last_train_metrics(train_dir),
         }
+        if pending_resume:
+            write_run_files(run_dir, recipe)
+            writer.truncate_after(finished)
+            pending_resume = False
         writer.write(record)
         atomic_write_json(round_dir / ROUND_MARKER, {"round": r, "policy_path": policy_path, "adapter": adapter})
         print(
