@@ -82,6 +82,15 @@ def nan_everywhere(prompts: Sequence[Any], completions: Sequence[Any], **_: Any)
     return [math.nan for _ in completions]
 
 
+def nan_after_first_call(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    """Word counts on the first call of the process, NaN on every row after that (a reward that breaks mid-run,
+    while a progress bar is on the screen)."""
+    _calls["nan_after_first_call"] = _calls.get("nan_after_first_call", 0) + 1
+    if _calls["nan_after_first_call"] == 1:
+        return [_words(c) for c in completions]
+    return [math.nan for _ in completions]
+
+
 def hangs(prompts: Sequence[Any], completions: Sequence[Any], log: str | None = None, **_: Any) -> list[float]:
     """Hangs (sleeps for an hour) on every batch call and on single rows in CRC bucket 0 of 4; else word counts."""
     if len(completions) > 1 or _bucket(completions[0], 4) == 0:

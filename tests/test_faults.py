@@ -334,6 +334,39 @@ def test_poisoning_rewards_end_to_end(tmp_path: Path, tiny_model_dir: Path, caps
                                         "nan_everywhere_error": error})  # fmt: skip
 
 
+@pytest.mark.slow
+def test_an_error_mid_run_starts_on_a_line_of_its_own_after_the_progress_bar(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A reward that breaks at the second step of `align train` (or the second sampling call of `align sample`)
+    stops the command while its progress bar is on the screen: the bar is closed first (the trainer's by the run
+    frame, the sampling bar as its loop unwinds), so the error line is not glued to the bar's last
+    carriage-return update."""
+    objectives = """
+- {name: length, component: length, args: {unit: words, mode: target, target: 4}}
+- {name: breaks, component: "fault_components:nan_after_first_call"}
+"""
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=3, objectives=objectives)
+    rewards = tmp_path / "rewards.yaml"
+    rewards.write_text(f"objectives:\n{objectives}")
+    prompts = tmp_path / "prompts.jsonl"
+    commands = {
+        "train": ["train", str(recipe), "--output-dir", str(tmp_path / "run")],
+        "sample": ["sample", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--reward", str(rewards),
+                   "--n", "2", "--batch-size", "2", "--max-tokens", "4", "--out", str(tmp_path / "pairs.jsonl")],
+    }  # fmt: skip
+    for command, argv in commands.items():
+        env = {**cli_env(), "PYTHONWARNINGS": "ignore"}  # warnings would end the bar's line and hide the problem
+        proc = subprocess.run(
+            [sys.executable, "-m", "alignment.cli", *argv], capture_output=True, env=env, timeout=300, cwd=REPO
+        )
+        stderr = proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+        at = stderr.index(f"align {command}: error: reward objective 'breaks' failed on all")
+        assert "%|" in stderr[:at], f"{command}: no progress bar was shown before the error"
+        assert stderr[at - 1] == "\n", f"{command}: the error shares the progress bar's line: {stderr[at - 200 : at]!r}"
+
+
 def test_hangs_helper_answers_single_rows_outside_its_bucket() -> None:
     rows = _hang_bucket_rows()
     assert hangs(["p"], [rows[0]]) == [2.0]

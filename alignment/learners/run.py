@@ -150,6 +150,17 @@ def open_run(recipe: Recipe, resume: bool) -> tuple[Path, Path | None]:
     return run_dir, resume_from
 
 
+def end_progress_bars(trainer: Any) -> None:
+    """Close the trainer's progress bars (transformers' ProgressCallback), which ends their terminal line, so that
+    an error printed next starts on a line of its own instead of after the bar's last "\r" update."""
+    for callback in trainer.callback_handler.callbacks:
+        for name in ("training_bar", "prediction_bar"):
+            bar = getattr(callback, name, None)
+            if bar is not None and callable(getattr(bar, "close", None)):
+                bar.close()
+                setattr(callback, name, None)
+
+
 def _checkpoint_does_not_fit(checkpoint: Path, err: BaseException) -> ConfigError:
     """The one-line error of a checkpoint that could not be loaded into this recipe's trainer (nothing written)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
@@ -187,8 +198,13 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
             if resume_from is not None:
                 trainer.restore_extra_checkpoint_state(resume_from)
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
-        except (RuntimeError, ValueError, KeyError, RewardConfigError) as err:
-            if resume_from is None or started:
+        except BaseException as err:
+            end_progress_bars(trainer)
+            if (
+                resume_from is None
+                or started
+                or not isinstance(err, RuntimeError | ValueError | KeyError | RewardConfigError)
+            ):
                 raise
             raise _checkpoint_does_not_fit(resume_from, err) from None
     finally:
