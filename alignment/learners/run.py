@@ -15,6 +15,7 @@ a marked run folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -184,29 +185,32 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
         setup = grpo_setup(recipe, run_dir, world_size)
     resume_step = (checkpoint_step(resume_from) if resume_from is not None else 0) if resume else None
     started: list[bool] = []
+    existed = run_dir.exists()
     # transformers' TensorBoard callback reads its folder from the environment when the trainer is built: point
     # it at this run (several runs can share one process: sweeps, tests) and put the previous value back after.
     previous_tb_dir = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    trainer: Any = None
     try:
         folder_callback = _run_folder_callback(run_dir, recipe, setup, resume_step, started)
         trainer = setup.build([folder_callback])
         # First in line, so that the marker is written before TensorBoard's callback creates its folder.
         trainer.callback_handler.callbacks.remove(folder_callback)
         trainer.callback_handler.callbacks.insert(0, folder_callback)
-        try:
-            if resume_from is not None:
-                trainer.restore_extra_checkpoint_state(resume_from)
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
-        except BaseException as err:
+        if resume_from is not None:
+            trainer.restore_extra_checkpoint_state(resume_from)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    except BaseException as err:
+        if trainer is not None:
             end_progress_bars(trainer)
-            if (
-                resume_from is None
-                or started
-                or not isinstance(err, RuntimeError | ValueError | KeyError | RewardConfigError)
-            ):
-                raise
-            raise _checkpoint_does_not_fit(resume_from, err) from None
+        if not started and not existed and rank == 0:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only the empty folder the Trainer made: a refused run leaves nothing behind
+        # Before training began, on resume, these come from loading the checkpoint into this recipe's trainer.
+        loading_error = isinstance(err, RuntimeError | ValueError | KeyError | RewardConfigError)
+        if resume_from is None or started or trainer is None or not loading_error:
+            raise
+        raise _checkpoint_does_not_fit(resume_from, err) from None
     finally:
         if previous_tb_dir is None:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
