@@ -71,10 +71,23 @@ def _nearest_existing(path: Path) -> Path:
     return current
 
 
+def _check_usable(path: Path, option: str) -> None:
+    """ConfigError when the OS cannot even look `path` up (NUL byte, a name or path too long, a symlink loop)."""
+    try:
+        path.exists()
+        path.resolve()
+    except (OSError, ValueError, RuntimeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        shown = repr(str(path)) if len(str(path)) <= 80 else repr(str(path)[:77] + "...")
+        raise ConfigError(f"{option}: {shown} is not a usable path ({reason})") from None
+
+
 def check_creatable(path: str | Path, option: str, *, folder: bool) -> None:
-    """ConfigError naming `option` when `path` cannot become a folder (`folder`) or a file: the wrong kind of
-    thing is already there, a parent is a file, or the nearest existing folder is not writable."""
+    """ConfigError naming `option` when `path` cannot become a folder (`folder`) or a file: not a usable path,
+    the wrong kind of thing is already there, a parent is a file, or the nearest existing folder is not
+    writable."""
     path = Path(path)
+    _check_usable(path, option)
     if path.exists():
         if folder and not path.is_dir():
             raise ConfigError(f"{option}: {str(path)!r} is a file, not a folder; name a new or empty folder")
@@ -148,6 +161,7 @@ def enclosing_run(path: str | Path) -> Path | None:
 def check_outside_runs(path: str | Path, option: str) -> None:
     """ConfigError when `path` is or lies inside a run folder or a checkpoint (run folders are written only by
     their run)."""
+    _check_usable(Path(path), option)
     run = enclosing_run(path)
     if run is not None:
         what = "checkpoint" if _is_checkpoint(run) else "run folder"

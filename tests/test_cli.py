@@ -118,6 +118,7 @@ def test_folders_align_did_not_make_are_never_written(tmp_path: Path, capsys: py
         ([str(unmarked), "--resume"], "is not a folder made by align"),
         ([str(sweep), "--resume"], "holds a sweep, not a run to continue"),
         ([str(home / "missing"), "--resume"], "does not exist; nothing to continue"),
+        ([str(home / ("x" * 300))], "is not a usable path (File name too long)"),
     ]
     locked = unwritable_folder(tmp_path)
     if locked is not None:
