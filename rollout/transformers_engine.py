@@ -16,21 +16,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rollout.base import Prompt, PromptLimit, PromptRenderError, Sample, SamplingParams, Truncation
 
 
-def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Any], *, add_generation_prompt: bool) -> list[int]:
-    """Token ids of chat messages through the tokenizer's chat template (as TRL renders them).
-
-    PromptRenderError (one line) when the tokenizer has no chat template or the template rejects the messages;
-    a template is the model's code, so whatever it raises counts as a rejection.
-    """
+def _apply_chat_template(tokenizer: PreTrainedTokenizerBase, messages: list[Any], **kwargs: Any) -> Any:
+    """`tokenizer.apply_chat_template(messages, **kwargs)`, with every failure as a one-line PromptRenderError:
+    no chat template, or a template that rejects the messages (a template is the model's code, so whatever it
+    raises counts as a rejection)."""
     if not getattr(tokenizer, "chat_template", None):
         raise PromptRenderError(
             "chat messages need a chat template and this tokenizer has none; give plain-text prompts or use a "
             "model whose tokenizer has a chat template"
         )
     try:
-        ids = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
-        )
+        return tokenizer.apply_chat_template(messages, **kwargs)
     except Exception as err:  # noqa: BLE001 - jinja2 and template code raise their own types
         text = str(err).strip()
         detail = text.splitlines()[0][:300] if text else ""
@@ -38,7 +34,20 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Any], *, add_
             f"the tokenizer's chat template rejects these messages ({type(err).__name__}"
             f"{': ' + detail if detail else ''})"
         ) from None
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Any], *, add_generation_prompt: bool) -> list[int]:
+    """Token ids of chat messages through the tokenizer's chat template (as TRL renders them); PromptRenderError
+    (one line) when the tokenizer has no chat template or the template rejects the messages."""
+    ids = _apply_chat_template(
+        tokenizer, messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+    )
     return list(ids["input_ids"])
+
+
+def render_chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[Any], *, add_generation_prompt: bool) -> str:
+    """The text `render_chat` tokenizes, with the same errors (about 5x cheaper: for checks before a run)."""
+    return str(_apply_chat_template(tokenizer, messages, add_generation_prompt=add_generation_prompt, tokenize=False))
 
 
 def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:

@@ -4,9 +4,9 @@ Conversational rows (lists of {role, content} messages) reach the model through 
 which the model folder ships (or does not). A tokenizer without a template, or a template that rejects the
 messages (roles it does not know, an order it forbids, content it cannot print), would otherwise fail only once
 training or sampling has started. Here every distinct conversational prompt (and for preference rows every
-prompt + answer, as TRL renders them) goes through the same rendering as the rollout worker and TRL
-(`rollout.transformers_engine.render_chat`), and the first one that fails stops with one DataError line naming
-the file, the row and the field.
+prompt + answer, as TRL renders them) goes through the same chat template call as the rollout worker and TRL
+(`rollout.transformers_engine.render_chat_text`: the text only, since templates fail while rendering, not while
+tokenizing), and the first one that fails stops with one DataError line naming the file, the row and the field.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ def _key(prompt: Any) -> str:
 
 
 def _render(tokenizer: Any, messages: list[Any], *, add_generation_prompt: bool) -> None:
-    from rollout.transformers_engine import render_chat
+    from rollout.transformers_engine import render_chat_text
 
-    render_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+    render_chat_text(tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
 
 def _error(source: str | Path, row: int, field: str, err: PromptRenderError, tokenizer: Any) -> DataError:
