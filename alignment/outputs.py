@@ -9,8 +9,9 @@ changing anything, when the destination
 * lies under a file, or under a folder it cannot write into;
 * is an existing folder that is neither empty nor a marked folder of the expected kind (files the user owns are
   never replaced); a marked run folder takes a fresh run only with ``--resume``;
-* for report and output files: lies inside (or is) a run folder or a checkpoint, marked or not (run folders are
-  written only by their run, and by ``align evaluate`` into their ``eval/``);
+* lies inside (or is) a run folder or a checkpoint, marked or not (run folders are written only by their run,
+  and by ``align evaluate`` into their ``eval/``; a checkpoint is deleted whole when rotated out), except an
+  iterative run's own rounds;
 * for output files: already exists, unless the command's ``--overwrite`` is given.
 """
 
@@ -158,12 +159,13 @@ def enclosing_run(path: str | Path) -> Path | None:
     return None
 
 
-def check_outside_runs(path: str | Path, option: str) -> None:
+def check_outside_runs(path: str | Path, option: str, *, allowed: str | Path | None = None) -> None:
     """ConfigError when `path` is or lies inside a run folder or a checkpoint (run folders are written only by
-    their run)."""
+    their run; a checkpoint is deleted whole when it is rotated out). `allowed`: the one run folder `path` may
+    lie in (an iterative run's rounds are run folders inside it)."""
     _check_usable(Path(path), option)
     run = enclosing_run(path)
-    if run is not None:
+    if run is not None and (allowed is None or run != Path(allowed).resolve()):
         what = "checkpoint" if _is_checkpoint(run) else "run folder"
         raise ConfigError(
             f"{option}: {str(path)!r} is inside {what} {str(run)!r}; run folders are written only by their run, so "

@@ -45,6 +45,9 @@ Normalization = Literal["group", "batch", "none", "decoupled"]
 # Largest magnitude a reward component may return; beyond it a value counts as a failure (see the module
 # docstring). Far above any real reward scale (word counts, logits, scores in [0, 1]), far below overflow.
 MAX_ABS_REWARD = 1e9
+# Largest magnitude of a composer's starting weights: with rewards within +-1e9, a weighted sum of any number of
+# objectives stays far below float64 overflow (a strategy's later weights are handled by the normalisation).
+MAX_ABS_WEIGHT = 1e12
 
 logger = logging.getLogger(__name__)
 
@@ -300,9 +303,13 @@ class RewardComposer:
             raise RewardConfigError(
                 f"normalization: {normalization!r} is not allowed; choose group, batch, none or decoupled"
             )
-        if weighting.weights().shape != (len(objectives),):
+        weights = weighting.weights()
+        if weights.shape != (len(objectives),):
+            raise RewardConfigError(f"{len(objectives)} objectives ({', '.join(names)}) but {weights.size} weights")
+        if not np.all(np.abs(weights) <= MAX_ABS_WEIGHT):
             raise RewardConfigError(
-                f"{len(objectives)} objectives ({', '.join(names)}) but {weighting.weights().size} weights"
+                f"weights: {weights.tolist()} must be finite and within +-{MAX_ABS_WEIGHT:g} (rewards are within "
+                f"+-{MAX_ABS_REWARD:g}; scale them instead)"
             )
         for name, seconds in [("timeout", timeout)] + [(f"{o.name}.timeout", o.timeout) for o in objectives]:
             if seconds is not None and not (isinstance(seconds, int | float) and 0 < seconds < math.inf):

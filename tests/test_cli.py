@@ -104,6 +104,7 @@ def test_folders_align_did_not_make_are_never_written(tmp_path: Path, capsys: py
     notes.write_text("mine\n")
     marked = home / "run"
     claim_folder(marked, "run")
+    (marked / "checkpoint-3").mkdir()
     sweep = home / "sweep"
     claim_folder(sweep, "sweep")
     quickstart = str(REPO / "configs" / "quickstart.yaml")
@@ -119,6 +120,8 @@ def test_folders_align_did_not_make_are_never_written(tmp_path: Path, capsys: py
         ([str(sweep), "--resume"], "holds a sweep, not a run to continue"),
         ([str(home / "missing"), "--resume"], "does not exist; nothing to continue"),
         ([str(home / ("x" * 300))], "is not a usable path (File name too long)"),
+        ([str(unmarked / "nested")], "is inside run folder"),
+        ([str(marked / "checkpoint-3" / "run")], "is inside checkpoint"),  # rotation would delete it
     ]
     locked = unwritable_folder(tmp_path)
     if locked is not None:

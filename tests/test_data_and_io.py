@@ -192,7 +192,8 @@ def test_chat_preference_rows_are_rendered_as_trl_renders_them_before_training(
 def test_chat_prompts_are_checked_before_iterative_rounds_sweeps_and_sampling(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The same check guards every command that samples from chat prompts, before it writes anything."""
+    """The same check guards every command that samples from chat prompts (iterative rounds, a sweep's held-out
+    set, align sample, align evaluate), before it writes anything."""
     prompts = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": chat(("user", f"Question {i}?"))} for i in range(3)])
     expected = f"{prompts}: row 1, field 'prompt': chat messages need a chat template"
     iterative = tmp_path / "iterative.yaml"
@@ -212,6 +213,22 @@ def test_chat_prompts_are_checked_before_iterative_rounds_sweeps_and_sampling(
     code, line = run_cli([*sample, "--out", str(tmp_path / "pairs.jsonl"), "--max-tokens", "2"], capsys)
     assert code == 2 and expected in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl", "iterative.yaml", "plain.jsonl", "recipe.yaml"]
+    # align evaluate: a run folder (marked, with a complete checkpoint) and chat held-out prompts.
+    import yaml
+
+    from alignment.outputs import claim_folder
+    from alignment.recipes.recipe import load_recipe
+
+    run = tmp_path / "run"
+    claim_folder(run, "run")
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(load_recipe(grpo_recipe(tmp_path, tiny_model_dir, plain)).to_dict())
+    )
+    (run / "checkpoint-1").mkdir()
+    (run / "checkpoint-1" / "COMPLETE").write_text('{"step": 1, "files": []}')
+    code, line = run_cli(["evaluate", str(run), "--eval-data", str(prompts)], capsys)
+    assert code == 2 and expected in line, line
+    assert not (run / "eval").exists()
 
 
 def test_rollout_server_answers_400_for_chat_prompts_it_cannot_render(

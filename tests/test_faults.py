@@ -194,6 +194,9 @@ def test_a_mix_of_raising_and_bad_values_on_every_row_stops_but_none_is_not_a_fa
     assert strict.score(["p"] * 2, ["a", "b"]).failures == {"e": 1}
     with pytest.raises(RewardConfigError, match="max_abs: must be a number in"):
         RewardComposer([Objective("e", mixed)], StaticWeights([1.0]), max_abs=1e300)
+    # Weights are bounded too, so that no weighted sum of bounded rewards can overflow.
+    with pytest.raises(RewardConfigError, match=r"weights: \[1e\+300\] must be finite and within \+-1e\+12"):
+        RewardComposer([Objective("e", mixed)], StaticWeights([1e300]))
 
 
 def test_hung_reward_thread_does_not_block_process_exit() -> None:

@@ -144,6 +144,7 @@ def test_sweep_rejects_bad_input_before_writing(tmp_path: Path, capsys: pytest.C
         ([str(recipe)], "is a file, not a folder"),
         ([str(mine), "--resume"], "is not a folder made by align"),
         ([str(run), "--resume"], "holds a run, not a sweep to continue"),
+        ([str(run / "sweep")], "is inside run folder"),
     ]
     before = sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
     for where, message in destinations:

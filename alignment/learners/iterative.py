@@ -121,7 +121,7 @@ def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
             stats = _sample_round(recipe, round_dir, r, policy, composer)
         sub = round_recipe(recipe, round_dir, adapter, policy_path)
         train_dir = round_dir / "train"
-        result = run_training(sub, resume=is_run_folder(train_dir))
+        result = run_training(sub, resume=is_run_folder(train_dir), inside=run_dir)
         if result.final_checkpoint is None:
             raise ConfigError(f"iterative round {r}: the training run wrote no checkpoint (train.save_steps)")
         if recipe.peft.enabled or adapter is not None:

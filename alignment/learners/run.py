@@ -30,7 +30,7 @@ from alignment.io import MetricsWriter, atomic_write_json, atomic_write_text
 from alignment.learners.checkpointing import STAGING_DIR, checkpoint_step, latest_checkpoint
 from alignment.learners.trainer_args import world_info
 from alignment.learners.trainer_setup import TrainerSetup, grpo_setup, preference_setup
-from alignment.outputs import FolderKind, check_folder, claim_folder
+from alignment.outputs import FolderKind, check_folder, check_outside_runs, claim_folder
 from alignment.recipes.recipe import PREFERENCE_ALGORITHMS, Recipe
 from rewards.composer import RewardComposer
 from rewards.errors import RewardConfigError
@@ -69,14 +69,17 @@ def run_kind(recipe: Recipe) -> FolderKind:
     return "iterative" if recipe.algorithm in PREFERENCE_ALGORITHMS and recipe.iterative.rounds > 0 else "run"
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> Path | None:
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, inside: Path | None = None) -> Path | None:
     """Check the run folder and return the checkpoint to resume from (None = start fresh). Writes nothing.
 
-    A fresh run needs a missing or empty folder; `resume` needs a run folder the project made (its marker) of
-    the recipe's kind. Anything else is refused with a ConfigError, so no file of an earlier run or of the
-    user is ever replaced.
+    A fresh run needs a missing or empty folder outside every run folder and checkpoint (`inside`: the one run
+    folder it may lie in, an iterative run for its rounds); `resume` needs a run folder the project made (its
+    marker) of the recipe's kind. Anything else is refused with a ConfigError, so no file of an earlier run or
+    of the user is ever replaced.
     """
     check_folder(run_dir, run_kind(recipe), "output_dir", resume=resume)
+    if not resume:
+        check_outside_runs(run_dir, "output_dir", allowed=inside)
     return latest_checkpoint(run_dir) if resume else None
 
 
@@ -136,14 +139,15 @@ def _run_folder_callback(
     return RunFolderCallback()
 
 
-def open_run(recipe: Recipe, resume: bool) -> tuple[Path, Path | None]:
+def open_run(recipe: Recipe, resume: bool, inside: Path | None = None) -> tuple[Path, Path | None]:
     """(run folder, checkpoint to resume from or None), checked before anything is written (see
     `prepare_run_dir`); also applies `train.torch_threads`."""
     rank = world_info()[0]
     run_dir = resolve_run_dir(recipe)
-    resume_from = (
-        prepare_run_dir(run_dir, recipe, resume) if rank == 0 else (latest_checkpoint(run_dir) if resume else None)
-    )
+    if rank == 0:
+        resume_from = prepare_run_dir(run_dir, recipe, resume, inside)
+    else:
+        resume_from = latest_checkpoint(run_dir) if resume else None
     if recipe.train.torch_threads:
         import torch
 
@@ -173,12 +177,13 @@ def _checkpoint_does_not_fit(checkpoint: Path, err: BaseException) -> ConfigErro
     )
 
 
-def run_training(recipe: Recipe, resume: bool = False) -> RunResult:
+def run_training(recipe: Recipe, resume: bool = False, *, inside: Path | None = None) -> RunResult:
     """Train the recipe once (GRPO on the composer, or DPO / RPO / SparsePO on preference pairs) and return where
     the results are. Raises ConfigError/DataError before anything is written when the input is bad. Iterative
-    rounds go through `alignment.learners.train.train`, which calls this once per round."""
+    rounds go through `alignment.learners.train.train`, which calls this once per round (`inside` = the
+    iterative run folder that holds the round's run folder)."""
     rank, world_size = world_info()
-    run_dir, resume_from = open_run(recipe, resume)
+    run_dir, resume_from = open_run(recipe, resume, inside)
     if recipe.algorithm in PREFERENCE_ALGORITHMS:
         setup = preference_setup(recipe, run_dir, world_size)
     else:

@@ -210,7 +210,7 @@ def run_sweep(
     from alignment.learners.factory import build_composer
     from alignment.learners.run import prepare_run_dir
     from alignment.learners.train import train
-    from alignment.outputs import check_folder, check_report_folder, claim_folder, is_run_folder
+    from alignment.outputs import check_folder, check_outside_runs, check_report_folder, claim_folder, is_run_folder
     from alignment.recipes.recipe import load_recipe
     from alignment.reports.checkpoint_eval import evaluate_run, load_eval_prompts, resolve_eval_data
 
@@ -228,6 +228,8 @@ def run_sweep(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     sweep_dir = Path(output_dir) if output_dir else Path("runs") / f"sweep-{Path(recipe_path).stem}-{stamp}"
     check_folder(sweep_dir, "sweep", "--output-dir", resume=resume)
+    if not resume:
+        check_outside_runs(sweep_dir, "--output-dir")
     if report:
         check_report_folder(sweep_dir / "report", "the sweep's report folder")
     extra = ["train.save_total_limit=null"] if intermediate else []
