@@ -1,10 +1,14 @@
 """The reward composer: K components -> R[N, K] -> weighted composite rewards and advantages.
 
-Scoring (`score`) calls every component on a batch, turning a raised exception on a row, or a NaN/inf value,
-into NaN (not applicable) for that row and objective and counting it; a component that fails on every row
-stops with `RewardComponentError`. With a per-call `timeout` (per objective, or the composer's default) each
-call runs in a daemon worker thread with that deadline; a call that hangs makes its rows NaN, counted as
-timeouts, and the hung thread is abandoned (it never blocks the process from exiting). Objectives with a
+Scoring (`score`) calls every component on a batch, turning a raised exception on a row, or a value that is
+NaN, infinite or beyond +-`max_abs` (default `MAX_ABS_REWARD` = 1e9), into NaN (not applicable) for that row and
+objective and counting it as a failure; a component that fails on every row of a batch (raises or returns such
+values) stops with `RewardComponentError` naming it. The bound keeps every later sum, mean and std far from
+float64 (and float32) overflow, so one broken objective cannot turn the composite into inf/NaN and silence the
+healthy ones; the normalisation functions are overflow-safe for any finite input on top of that. With a
+per-call `timeout` (per objective, or the composer's default) each call runs in a daemon worker thread with that
+deadline; a call that hangs makes its rows NaN, counted as timeouts (which never stop a run), and the hung
+thread is abandoned (it never blocks the process from exiting). Objectives with a
 length condition (`masks`, BalCapRL arXiv 2605.07394, see `rewards.masking`) are then masked, so logs and
 every later step see the masked values; masked rows are counted per objective. Composition (`compose`)
 weights the matrix with the current weights of the weighting strategy and normalises it into advantages,
@@ -38,6 +42,13 @@ from rewards.weighting import StaticWeights, WeightingStrategy
 
 Normalization = Literal["group", "batch", "none", "decoupled"]
 
+# Largest magnitude a reward component may return; beyond it a value counts as a failure (see the module
+# docstring). Far above any real reward scale (word counts, logits, scores in [0, 1]), far below overflow.
+MAX_ABS_REWARD = 1e9
+# Largest magnitude of a composer's starting weights: with rewards within +-1e9, a weighted sum of any number of
+# objectives stays far below float64 overflow (a strategy's later weights are handled by the normalisation).
+MAX_ABS_WEIGHT = 1e12
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,8 +65,9 @@ class Objective:
 @dataclass
 class ScoreResult:
     """Per-objective scores of a batch: matrix R[N, K] (NaN = not applicable, masks applied), failure counts
-    (rows made NaN by an exception, a NaN/inf value or a timeout), of those the rows lost to a timeout, seconds
-    spent per objective, and per objective the number of rows its length condition replaced."""
+    (rows made NaN by an exception, a NaN/inf value, a value beyond the composer's `max_abs`, or a timeout), of
+    those the rows lost to a timeout, seconds spent per objective, and per objective the number of rows its
+    length condition replaced."""
 
     matrix: np.ndarray
     failures: dict[str, int] = field(default_factory=dict)
@@ -133,8 +145,9 @@ def _hook(strategy: Any, name: str, default: Callable[..., Any]) -> Callable[...
     return hook if callable(hook) else default
 
 
-def _convert(raw: list[Any]) -> tuple[np.ndarray, int]:
-    """Values [N] float64 with None/NaN/inf as NaN, and the failure count (NaN/inf that were not None).
+def _convert(raw: list[Any], max_abs: float = MAX_ABS_REWARD) -> tuple[np.ndarray, int, Any]:
+    """Values [N] float64 with None, NaN, inf and |v| > max_abs as NaN; the failure count (those that were not
+    None); and the first failing value as returned (None when there is none).
 
     Vectorised for the common case (numbers and None); anything NumPy cannot convert goes value by value,
     raising as `float()` does.
@@ -144,22 +157,38 @@ def _convert(raw: list[Any]) -> tuple[np.ndarray, int]:
         if values.shape != (len(raw),):
             raise ValueError(f"expected {len(raw)} scalars, got shape {values.shape}")
     except (TypeError, ValueError):
-        values = np.array([_to_float(v) for v in raw], dtype=np.float64)
-        return values, sum(1 for v in raw if v is not None and not math.isfinite(float(v)))
-    bad = ~np.isfinite(values)
+        values = np.array([_to_float(v, max_abs) for v in raw], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(values) <= max_abs)  # NaN, inf and out of range
     if not bad.any():
-        return values, 0
-    nones = sum(1 for v in raw if v is None)
+        return values, 0, None
+    failed = [i for i in np.flatnonzero(bad) if raw[i] is not None]
     values = values.copy()
     values[bad] = math.nan
-    return values, int(bad.sum()) - nones
+    return values, len(failed), (raw[failed[0]] if failed else None)
 
 
-def _to_float(value: Any) -> float:
+def _to_float(value: Any, max_abs: float = MAX_ABS_REWARD) -> float:
+    """`value` as a float; NaN for None, NaN, inf and values beyond +-max_abs. Raises as `float()` does."""
     if value is None:
         return math.nan
     number = float(value)
-    return number if math.isfinite(number) else math.nan
+    return number if abs(number) <= max_abs else math.nan
+
+
+class _InvalidValue(ValueError):
+    """A component returned a value that is not a usable reward (NaN, inf, beyond the magnitude bound)."""
+
+
+def _invalid_value_error(value: Any, max_abs: float) -> _InvalidValue:
+    try:
+        shown = repr(float(value))
+    except (TypeError, ValueError, OverflowError):
+        shown = repr(value)[:60]
+    return _InvalidValue(
+        f"returned {shown}, which is not a finite number within +-{max_abs:g} (return None for rows the "
+        "objective does not apply to)"
+    )
 
 
 @dataclass
@@ -175,25 +204,32 @@ def _score_objective(
     completions: Sequence[Any],
     columns: Mapping[str, Sequence[Any]],
     timeout: float | None = None,
+    max_abs: float = MAX_ABS_REWARD,
 ) -> _ObjectiveScores:
     """One objective's values [N] (NaN = not applicable or failed), its failure count and, of those, timeouts.
 
     A component that raises or times out on the batch is retried row by row (each call under the same
-    timeout); rows that still raise, return NaN/inf or time out become NaN. Once one row has timed out, the
-    remaining rows of the batch are not called again but counted as timed out, so a component that hangs
-    costs at most two timeouts per batch. If every row raised, RewardComponentError names the objective and
-    the first error (timeouts never stop the run).
+    timeout); rows that still raise, return NaN, inf or a value beyond +-max_abs, or time out become NaN. Once
+    one row has timed out, the remaining rows of the batch are not called again but counted as timed out, so a
+    component that hangs costs at most two timeouts per batch. If every row failed (raised or returned such a
+    value), RewardComponentError names the objective and the first error; timeouts never stop the run.
     """
+    n = len(completions)
     try:
-        values, failed = _convert(_call_component(objective.component, prompts, completions, columns, timeout))
-        return _ObjectiveScores(values, failed, 0)
+        raw_values = _call_component(objective.component, prompts, completions, columns, timeout)
+        values, failed, first_bad = _convert(raw_values, max_abs)
     except RewardTimeout as err:
         first_error: Exception = err
         _warn_timeout(objective, len(completions), timeout)
     except Exception as batch_error:  # noqa: BLE001 - any component error becomes per-row NaN
         first_error = batch_error
+    else:
+        if n and failed == n:
+            _stop(objective, n, _invalid_value_error(first_bad, max_abs))
+        return _ObjectiveScores(values, failed, 0)
     values_list, raised, invalid, timeouts = [], 0, 0, 0
-    for i in range(len(completions)):
+    first_row_error: Exception | None = None
+    for i in range(n):
         if timeouts:
             values_list.append(math.nan)
             timeouts += 1
@@ -201,8 +237,10 @@ def _score_objective(
         row_columns = {key: [col[i]] for key, col in columns.items()}
         try:
             raw = _call_component(objective.component, [prompts[i]], [completions[i]], row_columns, timeout)[0]
-            value = _to_float(raw)
-            invalid += raw is not None and math.isnan(value)
+            value = _to_float(raw, max_abs)
+            if raw is not None and math.isnan(value):
+                invalid += 1
+                first_row_error = first_row_error or _invalid_value_error(raw, max_abs)
             values_list.append(value)
         except RewardTimeout:
             values_list.append(math.nan)
@@ -210,13 +248,20 @@ def _score_objective(
         except Exception as row_error:  # noqa: BLE001
             values_list.append(math.nan)
             raised += 1
-            first_error = row_error
-    if completions and raised == len(completions):
-        raise RewardComponentError(
-            f"reward objective {objective.name!r} failed on all {raised} rows: "
-            f"{type(first_error).__name__}: {first_error}"
-        ) from first_error
+            first_row_error = first_row_error or row_error
+    if n and raised + invalid == n:
+        _stop(objective, n, first_row_error or first_error)
     return _ObjectiveScores(np.asarray(values_list, dtype=np.float64), raised + invalid + timeouts, timeouts)
+
+
+def _stop(objective: Objective, rows: int, error: BaseException) -> None:
+    """Raise the RewardComponentError of an objective that failed on every one of `rows` rows."""
+    detail = str(error) if isinstance(error, _InvalidValue) else f"{type(error).__name__}: {error}"
+    first_line = detail.strip().splitlines()[0] if detail.strip() else type(error).__name__
+    cause = None if isinstance(error, _InvalidValue) else error
+    raise RewardComponentError(
+        f"reward objective {objective.name!r} failed on all {rows} rows: {first_line}"
+    ) from cause
 
 
 _warned_timeouts: set[str] = set()
@@ -247,6 +292,7 @@ class RewardComposer:
         normalization: Normalization = "group",
         masks: Mapping[str, LengthCondition] | None = None,
         timeout: float | None = None,
+        max_abs: float = MAX_ABS_REWARD,
     ) -> None:
         if not objectives:
             raise RewardConfigError("a composer needs at least one objective")
@@ -257,13 +303,19 @@ class RewardComposer:
             raise RewardConfigError(
                 f"normalization: {normalization!r} is not allowed; choose group, batch, none or decoupled"
             )
-        if weighting.weights().shape != (len(objectives),):
+        weights = weighting.weights()
+        if weights.shape != (len(objectives),):
+            raise RewardConfigError(f"{len(objectives)} objectives ({', '.join(names)}) but {weights.size} weights")
+        if not np.all(np.abs(weights) <= MAX_ABS_WEIGHT):
             raise RewardConfigError(
-                f"{len(objectives)} objectives ({', '.join(names)}) but {weighting.weights().size} weights"
+                f"weights: {weights.tolist()} must be finite and within +-{MAX_ABS_WEIGHT:g} (rewards are within "
+                f"+-{MAX_ABS_REWARD:g}; scale them instead)"
             )
         for name, seconds in [("timeout", timeout)] + [(f"{o.name}.timeout", o.timeout) for o in objectives]:
             if seconds is not None and not (isinstance(seconds, int | float) and 0 < seconds < math.inf):
                 raise RewardConfigError(f"{name}: must be a positive number of seconds or None, got {seconds!r}")
+        if isinstance(max_abs, bool) or not isinstance(max_abs, int | float) or not 0 < max_abs <= MAX_ABS_REWARD:
+            raise RewardConfigError(f"max_abs: must be a number in (0, {MAX_ABS_REWARD:g}], got {max_abs!r}")
         masks = dict(masks or {})
         for name, condition in masks.items():
             if name not in names:
@@ -275,6 +327,7 @@ class RewardComposer:
         self.normalization: Normalization = normalization
         self.masks: dict[str, LengthCondition] = masks
         self.timeout = timeout
+        self.max_abs = float(max_abs)
 
     @classmethod
     def static(
@@ -301,9 +354,9 @@ class RewardComposer:
         """Score N completions with every objective: R[N, K] float64, NaN = not applicable or failed.
 
         A component that raises or times out on the batch is retried row by row; rows that still raise, time
-        out or give NaN/inf become NaN and are counted in `failures` (timeouts also in `timeouts`). If every row
-        raises, RewardComponentError names the objective and the first error. Length conditions are applied
-        last (`apply_masks`).
+        out or give NaN, inf or a value beyond +-`max_abs` become NaN and are counted in `failures` (timeouts
+        also in `timeouts`). If every row fails (raises or gives such a value), RewardComponentError names the
+        objective and the first error. Length conditions are applied last (`apply_masks`).
         """
         n = len(completions)
         if len(prompts) != n:
@@ -314,7 +367,7 @@ class RewardComposer:
         seconds: dict[str, float] = {}
         for k, objective in enumerate(self.objectives):
             start = time.perf_counter()
-            scores = _score_objective(objective, prompts, completions, columns, self.timeout_of(k))
+            scores = _score_objective(objective, prompts, completions, columns, self.timeout_of(k), self.max_abs)
             matrix[:, k] = scores.values
             failures[objective.name], timeouts[objective.name] = scores.failures, scores.timeouts
             seconds[objective.name] = time.perf_counter() - start
@@ -326,7 +379,8 @@ class RewardComposer:
     ) -> np.ndarray:
         """Scores [N] of objective `index` alone, with the same failure handling and length condition as `score`."""
         objective = self.objectives[index]
-        values = _score_objective(objective, prompts, completions, columns, self.timeout_of(index)).values
+        timeout = self.timeout_of(index)
+        values = _score_objective(objective, prompts, completions, columns, timeout, self.max_abs).values
         if objective.name not in self.masks:
             return values
         masked, _ = apply_length_masks(values[:, None], [objective.name], self.masks, completions, columns)

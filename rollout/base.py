@@ -27,6 +27,11 @@ class UnsupportedRequestError(ValueError):
     """The engine cannot serve these sampling parameters (e.g. vLLM refuses temperature > 2): a 400 over HTTP."""
 
 
+class PromptRenderError(ValueError):
+    """A chat prompt the tokenizer cannot render: it has no chat template, or its template rejects the messages
+    (roles, order, content). The message is one line."""
+
+
 class RolloutServerError(RuntimeError):
     """The rollout server refused a request, or could not be reached after every retry (names host:port)."""
 

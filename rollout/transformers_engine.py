@@ -13,15 +13,60 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rollout.base import Prompt, PromptLimit, Sample, SamplingParams, Truncation
+from rollout.base import Prompt, PromptLimit, PromptRenderError, Sample, SamplingParams, Truncation
+
+
+def _apply_chat_template(tokenizer: PreTrainedTokenizerBase, messages: list[Any], **kwargs: Any) -> Any:
+    """`tokenizer.apply_chat_template(messages, **kwargs)`, with every failure as a one-line PromptRenderError:
+    no chat template, or a template that rejects the messages (a template is the model's code, so whatever it
+    raises counts as a rejection)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptRenderError(
+            "chat messages need a chat template and this tokenizer has none; give plain-text prompts or use a "
+            "model whose tokenizer has a chat template"
+        )
+    try:
+        return tokenizer.apply_chat_template(messages, **kwargs)
+    except Exception as err:  # noqa: BLE001 - jinja2 and template code raise their own types
+        text = str(err).strip()
+        detail = text.splitlines()[0][:300] if text else ""
+        raise PromptRenderError(
+            f"the tokenizer's chat template rejects these messages ({type(err).__name__}"
+            f"{': ' + detail if detail else ''})"
+        ) from None
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Any], *, add_generation_prompt: bool) -> list[int]:
+    """Token ids of chat messages through the tokenizer's chat template (as TRL renders them); PromptRenderError
+    (one line) when the tokenizer has no chat template or the template rejects the messages."""
+    ids = _apply_chat_template(
+        tokenizer, messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+    )
+    return list(ids["input_ids"])
+
+
+def render_chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[Any], *, add_generation_prompt: bool) -> str:
+    """The text `render_chat` tokenizes, with the same errors (about 5x cheaper: for checks before a run)."""
+    return str(_apply_chat_template(tokenizer, messages, add_generation_prompt=add_generation_prompt, tokenize=False))
 
 
 def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
-    """Token ids of a prompt as TRL builds them: chat template with generation prompt, or the plain text."""
+    """Token ids of a prompt as TRL builds them: chat template with generation prompt, or the plain text.
+    PromptRenderError when chat messages cannot be rendered (`render_chat`)."""
     if isinstance(prompt, str):
         return list(tokenizer(text=prompt)["input_ids"])
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
-    return list(ids["input_ids"])
+    return render_chat(tokenizer, prompt, add_generation_prompt=True)
+
+
+def tokenize_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]) -> list[list[int]]:
+    """`tokenize_prompt` for each prompt; a PromptRenderError names the prompt's index."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        try:
+            out.append(tokenize_prompt(tokenizer, prompt))
+        except PromptRenderError as err:
+            raise PromptRenderError(f"prompt {i}: {err}") from None
+    return out
 
 
 def truncate_at_stop(
@@ -100,7 +145,7 @@ class TransformersEngine:
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[Sample]]:
         """Sample `params.n` completions for each prompt; returns one list of samples per prompt, in order."""
-        prompt_ids = [tokenize_prompt(self.tokenizer, p) for p in prompts]
+        prompt_ids = tokenize_prompts(self.tokenizer, prompts)
         prompt_ids, truncated = self.prompt_limit.apply(prompt_ids, self.context_length, params.max_tokens)
         self.truncated_prompts += truncated
         if params.seed is not None:

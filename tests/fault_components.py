@@ -63,6 +63,34 @@ def bad_values(prompts: Sequence[Any], completions: Sequence[Any], log: str | No
     return values
 
 
+def huge_values(prompts: Sequence[Any], completions: Sequence[Any], log: str | None = None, **_: Any) -> list[float]:
+    """+1e308 or -1e308 (finite, but far beyond any reward scale) on about half of the rows (CRC buckets 0 and 1
+    of 4), the word count elsewhere."""
+    values = []
+    for completion in completions:
+        bucket = _bucket(completion, 4)
+        if bucket < 2:
+            _log(log, "huge", completion)
+            values.append(1e308 if bucket == 0 else -1e308)
+        else:
+            values.append(_words(completion))
+    return values
+
+
+def nan_everywhere(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    """NaN on every row: a component that is broken, not one that does not apply (that would return None)."""
+    return [math.nan for _ in completions]
+
+
+def nan_after_first_call(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+    """Word counts on the first call of the process, NaN on every row after that (a reward that breaks mid-run,
+    while a progress bar is on the screen)."""
+    _calls["nan_after_first_call"] = _calls.get("nan_after_first_call", 0) + 1
+    if _calls["nan_after_first_call"] == 1:
+        return [_words(c) for c in completions]
+    return [math.nan for _ in completions]
+
+
 def hangs(prompts: Sequence[Any], completions: Sequence[Any], log: str | None = None, **_: Any) -> list[float]:
     """Hangs (sleeps for an hour) on every batch call and on single rows in CRC bucket 0 of 4; else word counts."""
     if len(completions) > 1 or _bucket(completions[0], 4) == 0:
@@ -185,6 +213,19 @@ def check_checkpoints(run_dir: Path) -> list[Path]:
         assert load_file(str(folder / "adapter_model.safetensors")), folder
         assert json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))["global_step"] == step
     return folders
+
+
+def unwritable_folder(tmp_path: Path) -> Path | None:
+    """A folder this process cannot create anything in, or None where there is none (root ignores modes)."""
+    import os
+
+    if not os.access("/proc/self", os.W_OK):
+        return Path("/proc/self")
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        return locked
+    return None
 
 
 def record_result(name: str, data: Any) -> None:

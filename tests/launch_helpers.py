@@ -38,7 +38,7 @@ def launch_sh_env(folder: Path) -> dict[str, str]:
         if not link.exists():
             link.symlink_to(VENV_BIN / name)
     stamp = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + (REPO / "launch.sh").read_bytes()).hexdigest()
-    (view / ".align-installed").write_text(stamp + "\n")
+    (view / ".align-installed").write_text(stamp + "\ndev\n")  # line 2: the extras installed (launch.sh's setup)
     return {**cli_env(), "ALIGN_VENV": str(view)}
 
 

@@ -209,3 +209,66 @@ def test_score_objective_matches_the_matrix_column_with_masks() -> None:
     for k in range(2):
         np.testing.assert_array_equal(composer.score_objective(k, ["p"] * 4, completions), matrix[:, k])
     assert matrix[2, 1] == 0.0, "'22' is outside the one-character band"
+
+
+# -- overflow: any finite input is safe ----------------------------------------------------------------------------
+
+
+def test_normalisation_is_scale_free_up_to_the_largest_float() -> None:
+    """z(x * s; eps) = z(x; eps / s): the z-scores of x * 2**k equal those of x with eps scaled alike, for k up
+    to the float64 limit (the functions rescale by a power of two where squares would overflow), so huge but
+    finite inputs never turn into inf/NaN or all-zero advantages."""
+    from rewards.normalization import EPS, objective_advantages
+
+    rng = np.random.default_rng(7)
+    rewards = rng.normal(size=24)
+    matrix = rng.normal(size=(24, 3))
+    weights = np.array([0.5, 1.0, 2.0])
+    close = {"rtol": 1e-12, "atol": 1e-12}
+    for k in (0, 300, 600, 1000):
+        s, eps = 2.0**k, EPS / 2.0**k
+        for mode in ("group", "batch"):
+            np.testing.assert_allclose(group_advantages(rewards * s, 4, mode), group_advantages(rewards, 4, mode, eps),
+                                       **close)  # fmt: skip
+            np.testing.assert_allclose(objective_advantages(matrix * s, 4, mode),
+                                       objective_advantages(matrix, 4, mode, eps), **close)  # fmt: skip
+        np.testing.assert_allclose(group_advantages(rewards * s, 4, "none") / s, group_advantages(rewards, 4, "none"),
+                                   **close)  # fmt: skip
+        # Decoupled: per-objective z-scores scale-free as above; the final batch z-score sees O(1) values.
+        np.testing.assert_allclose(decoupled_advantages(matrix * s, weights, 4),
+                                   _decoupled_with_group_eps(matrix, weights, 4, eps), **close)  # fmt: skip
+
+
+def _decoupled_with_group_eps(matrix: np.ndarray, weights: np.ndarray, g: int, eps: float) -> np.ndarray:
+    """GDPO restated with `eps` in the per-objective group z-scores and the default eps in the batch z-score."""
+    from rewards.normalization import EPS
+
+    grouped = matrix.reshape(-1, g, matrix.shape[1])
+    z = (grouped - grouped.mean(axis=1, keepdims=True)) / (grouped.std(axis=1, ddof=1, keepdims=True) + eps)
+    combined = (z.reshape(matrix.shape) * weights).sum(axis=1)
+    return (combined - combined.mean()) / (combined.std(ddof=1) + EPS)
+
+
+def test_one_huge_group_or_objective_leaves_the_others_untouched() -> None:
+    """+-1e308 in one group (or one objective) changes nothing in the others (group and decoupled scaling)."""
+    rewards = np.array([1e308, -1e308, 5.0, 1.0, 0.0, 3.0, 2.0, 2.5])
+    alone = group_advantages(rewards[2:], 2)
+    got = group_advantages(rewards, 2)
+    np.testing.assert_allclose(got[2:], alone, rtol=1e-12)
+    assert got[0] > 0 > got[1] and np.isfinite(got).all()
+    matrix = np.array([[1e308, 0.1], [-1e308, 0.9], [1.0, 0.5], [1.0, 0.7]])
+    decoupled = decoupled_advantages(matrix, np.array([0.0, 1.0]), 2)
+    np.testing.assert_allclose(decoupled, decoupled_advantages(matrix[:, 1:], np.array([1.0]), 2), rtol=1e-12)
+
+
+def test_inf_entries_are_not_applicable_and_overflowing_sums_are_nan_for_that_row_only() -> None:
+    matrix = np.array([[np.inf, 1.0], [2.0, 3.0], [1e300, 1e300], [1.0, 0.0]])
+    out = weighted_sum(matrix, np.array([1e10, 1e10]))
+    assert out[0] == 1e10 and out[1] == 5e10 and math.isnan(out[2]) and out[3] == 1e10
+    adv = group_advantages(out, 2)
+    assert adv[2] == 0.0 and np.isfinite(adv).all() and adv[3] == 0.0  # row 3 is alone in its group now
+    assert adv[0] < 0 < adv[1]
+    composer = RewardComposer.static([Returns("a", []), Returns("b", [])], [1.0, 1.0])
+    composition = composer.compose(np.array([[np.inf, 1.0], [-np.inf, 0.0], [np.nan, 2.0], [1.0, 2.0]]), 2)
+    np.testing.assert_allclose(composition.rewards, [1.0, 0.0, 2.0, 3.0])
+    assert np.isfinite(composition.advantages).all() and composition.advantages[0] > 0 > composition.advantages[1]

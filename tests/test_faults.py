@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,96 @@ def test_objective_timeout_overrides_the_default_and_raising_everywhere_still_st
         raising.score(["p", "p"], ["a", "b"])
 
 
+# -- rewards that poison the batch: huge values, NaN everywhere ---------------------------------------------------
+
+
+def _words_or_none(injected: set[str]):
+    """Word counts, None (not applicable) on the rows in `injected`: what a huge value must amount to."""
+
+    def component(prompts, completions, **_):
+        return [None if c in injected else float(len(c.split())) for c in completions]
+
+    return component
+
+
+@pytest.mark.parametrize("normalization", ["group", "batch", "none", "decoupled"])
+def test_huge_values_count_as_failures_and_leave_the_other_objectives_in_charge(normalization: str) -> None:
+    """+-1e308 on half the rows: those rows are counted as failures and composed exactly as if the component had
+    said "not applicable" there; the healthy objective still moves the advantages (before: all were 0)."""
+    from fault_components import _bucket
+
+    completions = [" ".join(["w"] * (1 + i % 5)) + f" {i}" for i in range(16)]
+    injected = {c for c in completions if _bucket(c, 4) < 2}
+    assert 2 <= len(injected) <= 14
+    healthy = build_component("length", "length", {"unit": "words", "mode": "target", "target": 3})
+
+    def composer(first) -> RewardComposer:
+        return RewardComposer(
+            [Objective("huge", first), Objective("length", healthy)], StaticWeights([1.0, 1.0]), normalization
+        )
+
+    poisoned = composer(build_component("huge", "fault_components:huge_values"))
+    result = poisoned.score(["p"] * 16, completions)
+    assert result.failures == {"huge": len(injected), "length": 0}
+    assert np.isnan(result.matrix[[c in injected for c in completions], 0]).all()
+    expected_matrix = composer(_words_or_none(injected)).score(["p"] * 16, completions).matrix
+    np.testing.assert_array_equal(result.matrix, expected_matrix)
+    got = poisoned.compose(result.matrix, group_size=4)
+    assert np.isfinite(got.rewards).all() and np.isfinite(got.advantages).all()
+    assert np.abs(got.advantages).max() > 0.1, "the healthy objective still gives a learning signal"
+    # The composer's compose on the raw values (as a learner handing it any matrix would) is safe too.
+    raw = np.column_stack([build_component("huge", "fault_components:huge_values")(["p"] * 16, completions),
+                           result.matrix[:, 1]])  # fmt: skip
+    assert np.isfinite(poisoned.compose(raw, group_size=4).advantages).all()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([math.nan] * 4, "returned nan, which is not a finite number within"),
+        ([math.inf, -math.inf, math.inf, math.nan], "returned inf"),
+        ([1e308, -1e308, 2e9, -5e12], "returned 1e+308"),
+    ],
+)
+def test_component_failing_by_value_on_every_row_stops_with_its_name(values: list[float], message: str) -> None:
+    composer = RewardComposer(
+        [Objective("fine", _words_or_none(set())), Objective("broken", lambda prompts, completions, **_: values)],
+        StaticWeights([1.0, 1.0]),
+    )
+    with pytest.raises(
+        RewardComponentError, match=rf"^reward objective 'broken' failed on all 4 rows: {re.escape(message)}"
+    ):
+        composer.score(["p"] * 4, ["a", "b c", "d", "e f g"])
+
+
+def test_a_mix_of_raising_and_bad_values_on_every_row_stops_but_none_is_not_a_failure() -> None:
+    def mixed(prompts, completions, **_):
+        if len(completions) > 1:
+            raise ValueError("batch refused")
+        if completions[0] == "a":
+            raise KeyError("row a")
+        return [math.nan]
+
+    with pytest.raises(RewardComponentError, match=r"'mixed' failed on all 3 rows: KeyError: 'row a'"):
+        RewardComposer([Objective("mixed", mixed)], StaticWeights([1.0])).score(["p"] * 3, ["a", "b", "c"])
+    # None means "does not apply": a component that applies to no row of a batch is not broken.
+    silent = RewardComposer([Objective("n_a", lambda prompts, completions, **_: [None] * len(completions))],
+                            StaticWeights([1.0]))  # fmt: skip
+    result = silent.score(["p"] * 3, ["a", "b", "c"])
+    assert result.failures == {"n_a": 0} and np.isnan(result.matrix).all()
+    # The bound: 1e9 is still a reward, anything beyond it is not; a composer may only lower it.
+    edge = RewardComposer([Objective("e", lambda p, c, **_: [1e9, -1e9, 1.000001e9])], StaticWeights([1.0]))
+    result = edge.score(["p"] * 3, ["a", "b", "c"])
+    assert result.failures == {"e": 1} and result.matrix[:2, 0].tolist() == [1e9, -1e9]
+    strict = RewardComposer([Objective("e", lambda p, c, **_: [5.0, 20.0])], StaticWeights([1.0]), max_abs=10)
+    assert strict.score(["p"] * 2, ["a", "b"]).failures == {"e": 1}
+    with pytest.raises(RewardConfigError, match="max_abs: must be a number in"):
+        RewardComposer([Objective("e", mixed)], StaticWeights([1.0]), max_abs=1e300)
+    # Weights are bounded too, so that no weighted sum of bounded rewards can overflow.
+    with pytest.raises(RewardConfigError, match=r"weights: \[1e\+300\] must be finite and within \+-1e\+12"):
+        RewardComposer([Objective("e", mixed)], StaticWeights([1e300]))
+
+
 def test_hung_reward_thread_does_not_block_process_exit() -> None:
     script = (
         "from rewards.composer import Objective, RewardComposer\n"
@@ -199,6 +290,84 @@ def test_faulty_reward_components_run_completes_with_rows_masked_and_counted(
             "seconds": round(elapsed, 1),
         },
     )
+
+
+@pytest.mark.slow
+def test_poisoning_rewards_end_to_end(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`align train` with a component returning +-1e308 on about half the rows: the run completes, exactly those
+    rows are counted as failures, composite and loss stay finite and the healthy objective still gives a
+    gradient. With a component returning NaN on every row instead, the run stops at its first step with one
+    line naming the objective (as the README says)."""
+    huge_log = tmp_path / "huge.jsonl"
+    objectives = f"""
+- {{name: length, component: length, args: {{unit: words, mode: target, target: 4}}}}
+- {{name: huge, component: "fault_components:huge_values", args: {{log: {huge_log}}}}}
+"""
+    steps = 2
+    recipe = write_tiny_recipe(
+        tmp_path, tiny_model_dir, max_steps=steps, save_steps=steps, objectives=objectives, num_generations=4
+    )
+    run = tmp_path / "run"
+    start = time.perf_counter()
+    # No KL term: any gradient comes from the advantages, which the poisoned batches used to zero.
+    assert main(["train", str(recipe), "--output-dir", str(run), "--set", "train.beta=0.0"]) == 0
+    elapsed = time.perf_counter() - start
+    records = metrics_records(run)
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    injected = sum(1 for line in huge_log.read_text().splitlines() if json.loads(line)["event"] == "huge")
+    assert 0 < sum(r["rewards/huge/failures"] for r in records) == injected < steps * 8
+    for record in records:
+        assert math.isfinite(record["composite_reward"]) and math.isfinite(record["loss"])
+        assert abs(record["composite_reward"]) < 100, "the composite is made of word counts and length scores"
+    assert any(r["grad_norm"] > 0 for r in records), "the healthy objectives still train the policy"
+
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    objectives = """
+- {name: length, component: length, args: {unit: words, mode: target, target: 4}}
+- {name: dead, component: "fault_components:nan_everywhere"}
+"""
+    recipe = write_tiny_recipe(dead, tiny_model_dir, max_steps=2, objectives=objectives)
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--output-dir", str(dead / "run")]) == 2
+    error = error_line(capsys.readouterr().err)
+    assert "reward objective 'dead' failed on all 4 rows: returned nan" in error, error
+    assert metrics_records(dead / "run") == [] and complete_checkpoints(dead / "run") == []
+    record_result("poisoning_rewards", {"huge_rows": injected, "rows": steps * 8, "seconds": round(elapsed, 1),
+                                        "nan_everywhere_error": error})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_error_mid_run_starts_on_a_line_of_its_own_after_the_progress_bar(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A reward that breaks at the second step of `align train` (or the second sampling call of `align sample`)
+    stops the command while its progress bar is on the screen: the bar is closed first (the trainer's by the run
+    frame, the sampling bar as its loop unwinds), so the error line is not glued to the bar's last
+    carriage-return update."""
+    objectives = """
+- {name: length, component: length, args: {unit: words, mode: target, target: 4}}
+- {name: breaks, component: "fault_components:nan_after_first_call"}
+"""
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=3, objectives=objectives)
+    rewards = tmp_path / "rewards.yaml"
+    rewards.write_text(f"objectives:\n{objectives}")
+    prompts = tmp_path / "prompts.jsonl"
+    commands = {
+        "train": ["train", str(recipe), "--output-dir", str(tmp_path / "run")],
+        "sample": ["sample", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--reward", str(rewards),
+                   "--n", "2", "--batch-size", "2", "--max-tokens", "4", "--out", str(tmp_path / "pairs.jsonl")],
+    }  # fmt: skip
+    for command, argv in commands.items():
+        env = {**cli_env(), "PYTHONWARNINGS": "ignore"}  # warnings would end the bar's line and hide the problem
+        proc = subprocess.run(
+            [sys.executable, "-m", "alignment.cli", *argv], capture_output=True, env=env, timeout=300, cwd=REPO
+        )
+        stderr = proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+        at = stderr.index(f"align {command}: error: reward objective 'breaks' failed on all")
+        assert "%|" in stderr[:at], f"{command}: no progress bar was shown before the error"
+        assert stderr[at - 1] == "\n", f"{command}: the error shares the progress bar's line: {stderr[at - 200 : at]!r}"
 
 
 def test_hangs_helper_answers_single_rows_outside_its_bucket() -> None:

@@ -480,6 +480,63 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no run folder could be reported" in capsys.readouterr().err
 
 
+def test_out_is_refused_inside_any_run_folder_or_checkpoint_and_for_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--out` inside (or equal to) any run folder or checkpoint, named on the command line or not, marked or
+    only looking like a run, is refused in one line before anything is read or written; so is an --out that
+    names a file, lies under a file or an unwritable folder, or is a folder of the user's."""
+    from fault_components import unwritable_folder
+
+    from alignment.outputs import claim_folder, folder_kind
+
+    home = tmp_path / "home"
+    named = write_run(home / "runs", "named", {0: {"a": 0.1, "b": 0.1}, 4: {"a": 0.5, "b": 0.6}})
+    other = write_run(home / "runs", "other", {0: {"a": 0.2, "b": 0.1}, 4: {"a": 0.4, "b": 0.7}})
+    (other / "checkpoint-4").mkdir()
+    (other / "checkpoint-4" / "COMPLETE").write_text('{"step": 4, "files": []}')
+    marked = home / "marked-run"
+    claim_folder(marked, "run")
+    iterative = home / "iterative"
+    claim_folder(iterative, "iterative")
+    (iterative / "round-1" / "train" / "checkpoint-2").mkdir(parents=True)
+    notes = home / "notes.txt"
+    notes.write_text("mine\n")
+    (home / "thesis").mkdir()
+    (home / "thesis" / "draft.tex").write_text("\\section{}\n")
+    cases = [
+        (other, "is inside run folder"),
+        (other / "report", "is inside run folder"),
+        (other / "eval" / "report", "is inside run folder"),
+        (other / "checkpoint-4", "is inside checkpoint"),
+        (other / "checkpoint-4" / "report", "is inside checkpoint"),
+        (named / "report", "is inside run folder"),
+        (marked / "report", "is inside run folder"),
+        (iterative / "round-1" / "report", "is inside run folder"),
+        (iterative / "round-1" / "train" / "checkpoint-2" / "r", "is inside checkpoint"),
+        (notes, "is a file, not a folder"),
+        (notes / "report", "cannot be created"),
+        (home / "thesis", "holds files align did not write"),
+        (home / "runs", "holds files align did not write"),
+    ]
+    locked = unwritable_folder(tmp_path)
+    if locked is not None:
+        cases.append((locked / "report", "no write permission"))
+    before = tree_state(home), sorted(str(p) for p in home.rglob("*"))
+    for out, message in cases:
+        assert main(["pareto", str(named), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("align pareto: error: ")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert message in lines[0], (out, lines[0])
+    assert (tree_state(home), sorted(str(p) for p in home.rglob("*"))) == before, "a refused report wrote something"
+    # A new or empty folder takes the report, and an earlier report folder is rewritten by the next one.
+    (home / "empty").mkdir()
+    for out in (home / "report", home / "report", home / "empty"):
+        assert main(["pareto", str(named), str(other), "--out", str(out)]) == 0
+        assert folder_kind(out) == "report" and (out / "pareto.json").is_file()
+
+
 @pytest.mark.slow
 def test_real_short_run_in_the_report(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Train the tiny model 2 steps, evaluate it with `align evaluate`, and report it next to built runs."""

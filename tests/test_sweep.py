@@ -130,6 +130,29 @@ def test_sweep_rejects_bad_input_before_writing(tmp_path: Path, capsys: pytest.C
         assert err[-1].startswith("align sweep: error: ") and message in err[-1], err
     assert not out.exists()
 
+    # Destinations: a new sweep only into a missing or empty folder, --resume only into a sweep folder align made.
+    from alignment.outputs import claim_folder
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sweep.json").write_text("{}")  # the user's file, even with the sweep's file name
+    run = tmp_path / "a-run"
+    claim_folder(run, "run")
+    good = ["--weights", "1,1", "--eval-data", "builtin:quickstart_eval_prompts.jsonl"]
+    destinations = [
+        ([str(mine)], "holds files align did not write"),
+        ([str(recipe)], "is a file, not a folder"),
+        ([str(mine), "--resume"], "is not a folder made by align"),
+        ([str(run), "--resume"], "holds a run, not a sweep to continue"),
+        ([str(run / "sweep")], "is inside run folder"),
+    ]
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    for where, message in destinations:
+        assert main(["sweep", str(recipe), *good, "--output-dir", *where]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("align sweep: error: ") and message in err[-1], (where, err)
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
 
 @pytest.mark.slow
 def test_tiny_sweep_end_to_end(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,4 +197,4 @@ def test_tiny_sweep_end_to_end(tmp_path: Path, tiny_model_dir: Path, capsys: pyt
     assert (out / "lagrangian" / "eval" / "step-2.json").read_text() == before
     assert "already trained" in capsys.readouterr().out
     assert main(args) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a sweep; pass --resume" in capsys.readouterr().err

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", required=True, help="prompt dataset (JSONL/JSON/Parquet/datasets folder)")
     parser.add_argument("--n", type=int, default=8, help="completions per prompt (default 8)")
     parser.add_argument("--reward", required=True, help="component name, module:function, reward-model folder or YAML")
-    parser.add_argument("--out", required=True, help="where to write the preference pairs (JSONL)")
+    parser.add_argument("--out", required=True, help="where to write the preference pairs (JSONL, a new file)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output files if they already exist")
     parser.add_argument("--pairs", choices=PAIR_MODES, default="best-worst", help="which pairs to build per prompt")
     parser.add_argument("--samples-out", default=None, help="where to write every sample (default: OUT.samples.jsonl)")
     parser.add_argument("--prompt-column", default="prompt", help="the prompt field of the dataset rows")
@@ -82,6 +83,23 @@ def _samples_path(out: Path, samples_out: str | None) -> Path:
     return out.with_name(f"{stem}.samples.jsonl")
 
 
+def _stats_path(out: Path) -> Path:
+    return out.with_name(f"{out.name[: -len('.jsonl')] if out.name.endswith('.jsonl') else out.name}.stats.json")
+
+
+def _check_outputs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """(pairs, samples, stats) paths, each checked before any work (`alignment.outputs.check_output_file`)."""
+    from alignment.outputs import check_output_file
+
+    out = Path(args.out)
+    paths = (out, _samples_path(out, args.samples_out), _stats_path(out))
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise ConfigError(f"--samples-out: {args.samples_out!r} is the same file as another output")
+    for path, option in zip(paths, ("--out", "--samples-out", "--out (its .stats.json)")):
+        check_output_file(path, option, overwrite=args.overwrite)
+    return paths
+
+
 def _engine(args: argparse.Namespace) -> Any:
     from rollout.base import RolloutServerError
 
@@ -101,7 +119,13 @@ def _engine(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Sample, score, write samples and pairs; print a summary. Bad input raises ConfigError/DataError."""
+    from alignment.recipes.paths import resolve_path
+
     _check_args(args)
+    prompts_path = resolve_path(args.prompts, None, "--prompts")
+    if args.model and not args.server_url:
+        resolve_path(args.model, None, "--model")
+    out, samples_out, stats_out = _check_outputs(args)  # before any heavy work
     if args.threads:
         import torch
 
@@ -109,16 +133,18 @@ def run(args: argparse.Namespace) -> int:
     from alignment.io import atomic_write_json, atomic_write_jsonl
     from alignment.learners.factory import composer_from_spec
     from alignment.learners.onpolicy_pairs import sample_pairs
-    from alignment.recipes.paths import resolve_path
     from alignment.recipes.prompt_data import load_prompts
-    from rollout.base import PromptTooLongError, RolloutServerError, SamplingParams
+    from rollout.base import PromptRenderError, PromptTooLongError, RolloutServerError, SamplingParams
 
     composer = composer_from_spec(args.reward)
-    prompts_path = resolve_path(args.prompts, None, "--prompts")
     rows = load_prompts(prompts_path, args.prompt_column, args.max_rows).to_list()
     prompts = [row["prompt"] for row in rows]
     columns = {k: [row.get(k) for row in rows] for k in rows[0] if k != "prompt"}
     engine = _engine(args)
+    if getattr(engine, "tokenizer", None) is not None:  # a local engine: chat prompts must render (a server checks)
+        from alignment.learners.chat_check import check_prompt_rendering
+
+        check_prompt_rendering(engine.tokenizer, prompts, prompts_path)
     params = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -131,15 +157,12 @@ def run(args: argparse.Namespace) -> int:
         samples, pair_rows, stats = sample_pairs(
             engine, None, prompts, composer, args.n, params, args.pairs, columns=columns, batch_size=args.batch_size
         )
-    except PromptTooLongError as err:
+    except (PromptTooLongError, PromptRenderError) as err:
         raise DataError(f"{args.prompts}: {err}") from None
     except RolloutServerError as err:
         raise ConfigError(f"--server-url: {err}") from None
-    out = Path(args.out)
-    samples_out = _samples_path(out, args.samples_out)
     atomic_write_jsonl(samples_out, samples)
     atomic_write_jsonl(out, pair_rows)
-    stats_out = out.with_name(f"{out.name[: -len('.jsonl')] if out.name.endswith('.jsonl') else out.name}.stats.json")
     stats.update({"model": args.model, "server_url": args.server_url, "reward": args.reward, "n": args.n})
     atomic_write_json(stats_out, stats)
     skipped = stats["skipped"]

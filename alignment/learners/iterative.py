@@ -23,6 +23,11 @@ round's generate calls (the calls, their prompts and seeds are those of one proc
 and the round trains as an ordinary multi-process run under the recipe's DeepSpeed config. Rank 0 decides what is
 done and what resumes (its view is broadcast), so every rank takes the same path. The run folder must be one
 folder every rank sees (a shared filesystem across nodes).
+
+Before anything is written, the composer is built and the sampling prompts are read and rendered with the
+policy's tokenizer (chat prompts need a template that accepts them). A fresh run then marks RUN_DIR as an
+iterative run folder (`alignment.outputs`) and writes its config.yaml; a resumed one rewrites config.yaml and cuts
+metrics.jsonl back only once its first round has finished, so a resume refused on the way changes nothing.
 """
 
 from __future__ import annotations
@@ -32,15 +37,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from alignment.errors import ConfigError, DataError
-from alignment.io import MetricsWriter, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from alignment.learners.checkpointing import latest_checkpoint
+from alignment.io import MetricsWriter, atomic_write_json, atomic_write_jsonl
+from alignment.learners.chat_check import check_prompt_rendering, load_tokenizer
 from alignment.learners.factory import build_composer, load_model_and_tokenizer
 from alignment.learners.onpolicy_pairs import merge_shards, sample_shard
 from alignment.learners.rank_group import RankGroup
-from alignment.learners.run import CONFIG_FILE, METRICS_FILE, RunResult, run_training
+from alignment.learners.run import METRICS_FILE, RunResult, run_training, write_run_files
+from alignment.outputs import is_run_folder
 from alignment.recipes.prompt_data import load_prompts
 from alignment.recipes.recipe import Recipe
 from rollout.factory import build_sampling_engine
@@ -135,26 +139,27 @@ def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
     """Run `recipe.iterative.rounds` rounds (see the module docstring); returns a `RunResult`."""
     ranks = RankGroup(recipe)
     composer = build_composer(recipe)
-    if ranks.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    it = recipe.iterative
+    prompts = load_prompts(str(it.prompts), recipe.data.prompt_column, it.max_prompts)["prompt"]
+    check_prompt_rendering(load_tokenizer(recipe.model.path, recipe.model.trust_remote_code), prompts, it.prompts)
+    if not resume and ranks.is_main:
+        write_run_files(run_dir, recipe)
     writer = MetricsWriter(run_dir / METRICS_FILE)
     policy_path, adapter, finished = ranks.broadcast(_finished_rounds(run_dir, recipe) if ranks.is_main else None)
-    if resume and ranks.is_main:
-        writer.truncate_after(finished)
+    pending_resume = resume  # config.yaml and metrics.jsonl are touched only once a resumed round has finished
     for r in range(finished + 1, recipe.iterative.rounds + 1):
         round_dir = run_dir / f"round-{r}"
         train_dir = round_dir / "train"
         policy = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, path=policy_path, adapter=adapter))
         sampled, resume_training = ranks.broadcast(
-            ((round_dir / "pairs.jsonl").is_file(), latest_checkpoint(train_dir) is not None) if ranks.is_main else None
+            ((round_dir / "pairs.jsonl").is_file(), is_run_folder(train_dir)) if ranks.is_main else None
         )
         if sampled:
             stats = json.loads((round_dir / "sample_stats.json").read_text(encoding="utf-8"))
         else:
             stats = _sample_round(recipe, round_dir, r, policy, composer, ranks)
         sub = round_recipe(recipe, round_dir, adapter, policy_path)
-        result = run_training(sub, resume=resume_training)
+        result = run_training(sub, resume=resume_training, inside=run_dir)
         if result.final_checkpoint is None:
             raise ConfigError(f"iterative round {r}: the training run wrote no checkpoint (train.save_steps)")
         if recipe.peft.enabled or adapter is not None:
@@ -172,6 +177,9 @@ def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
                 "objectives": stats["mean_scores"],
                 "train": _last_train_metrics(train_dir),
             }
+            if pending_resume:
+                write_run_files(run_dir, recipe)
+                writer.truncate_after(finished)
             writer.write(record)
             atomic_write_json(round_dir / ROUND_MARKER, {"round": r, "policy_path": policy_path, "adapter": adapter})
             print(
@@ -179,6 +187,7 @@ def run_iterative(recipe: Recipe, run_dir: Path, resume: bool) -> RunResult:
                 f"{stats['mean_composite']:.3f}, trained to {result.final_checkpoint}",
                 flush=True,
             )
+        pending_resume = False
         ranks.barrier()
     final = Path(adapter) if adapter is not None else Path(policy_path)
     return RunResult(run_dir=run_dir, final_checkpoint=final, steps=recipe.iterative.rounds)

@@ -9,11 +9,26 @@ training run reuses it. In one process (no launcher) every call is local.
 
 from __future__ import annotations
 
-import pickle
 from typing import Any, TypeVar
 
+from alignment.errors import ConfigError, DataError, UserInputError
+from alignment.io import StorageError
 from alignment.learners.trainer_args import init_process_group, world_info
 from alignment.recipes.recipe import Recipe
+from rewards.errors import RewardComponentError, RewardConfigError
+from rollout.base import RolloutServerError
+
+# Errors that travel between ranks as themselves (the one-line errors the command line reports); any other
+# exception reaches the other ranks as a RuntimeError naming the rank, its type and its message.
+PORTABLE_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    DataError,
+    StorageError,
+    UserInputError,
+    RewardComponentError,
+    RewardConfigError,
+    RolloutServerError,
+)
 
 T = TypeVar("T")
 
@@ -72,7 +87,7 @@ class RankGroup:
         except Exception as err:  # noqa: BLE001 - handed to every rank, re-raised below
             if self.world == 1:
                 raise
-            outcome = (False, _picklable(err, self.rank))
+            outcome = (False, (type(err).__name__, str(err), self.rank))
             own = err
         else:
             own = None
@@ -81,13 +96,14 @@ class RankGroup:
             if not ok:
                 if own is not None:
                     raise own
-                raise payload
+                raise _rebuilt_error(*payload)
         return [payload for _, payload in outcomes]
 
 
-def _picklable(err: Exception, rank: int) -> Exception:
-    try:
-        pickle.loads(pickle.dumps(err))
-    except Exception:  # noqa: BLE001 - any pickling failure
-        return RuntimeError(f"rank {rank}: {type(err).__name__}: {err}")
-    return err
+def _rebuilt_error(name: str, message: str, rank: int) -> Exception:
+    """Another rank's exception from its type name and message: the same one-line error type when it is one of
+    PORTABLE_ERRORS, else a RuntimeError naming the rank."""
+    for cls in PORTABLE_ERRORS:
+        if cls.__name__ == name:
+            return cls(message)
+    return RuntimeError(f"rank {rank}: {name}: {message}")

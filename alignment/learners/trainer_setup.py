@@ -1,8 +1,8 @@
 """Per-algorithm setup: from a validated recipe to a trainer factory the common run frame (`learners.run`) calls.
 
 GRPO trains on prompts scored by the reward composer; DPO / RPO / SparsePO train on preference rows.
-Everything that can be checked (data rows, model, LoRA targets, engine, batch sizes) is checked here, before the
-run frame writes anything.
+Everything that can be checked (data rows, chat prompts against the tokenizer's template, model, LoRA targets,
+engine, batch sizes) is checked here, before the run frame writes anything.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.errors import DataError
+from alignment.learners.chat_check import check_preference_rendering, check_prompt_rendering
 from alignment.learners.factory import build_composer, build_rollout_engine, load_model_and_tokenizer, peft_config
 from alignment.learners.trainer_args import grpo_args, preference_args, world_info
 from alignment.recipes.preference_data import drop_long_prompts, read_preference_rows
@@ -38,6 +39,7 @@ def grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
     dataset = load_prompts(recipe.data.train, recipe.data.prompt_column, recipe.data.max_rows)
     composer = build_composer(recipe)
     model, tokenizer = load_model_and_tokenizer(recipe)
+    check_prompt_rendering(tokenizer, dataset["prompt"], recipe.data.train)
     lora = peft_config(recipe, model)
     args = grpo_args(recipe, run_dir, world_size)
 
@@ -78,6 +80,7 @@ def preference_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerS
         rows = rows[: recipe.data.max_rows]
     model, tokenizer = load_model_and_tokenizer(recipe)
     tokenizer.padding_side = "right"  # TRL's preference collator pads on the right
+    check_preference_rendering(tokenizer, rows, recipe.data.train)
     rows = drop_long_prompts(rows, tokenizer, p.max_length, report, p.too_long)
     if world_info()[0] == 0:
         print(report.summary(), flush=True)

@@ -243,6 +243,12 @@ class CheckpointEvaluator:
             self._base.eval()
         return self._base, self._tokenizer
 
+    def check_prompts(self) -> None:
+        """DataError naming the file and row of the first held-out chat prompt the tokenizer cannot render."""
+        from alignment.learners.chat_check import check_prompt_rendering
+
+        check_prompt_rendering(self._base_model()[1], self.prompts, self.settings.eval_data)
+
     def _policy(self, checkpoint: Path | None) -> tuple[Any, Any, Any]:
         """(policy, reference-or-None, tokenizer); reference None means "the policy with its adapter disabled"."""
         from alignment.learners.factory import load_model_and_tokenizer
@@ -376,10 +382,16 @@ def evaluate_run(
 
     from alignment.io import atomic_write_json
     from alignment.learners.checkpointing import checkpoint_step, complete_checkpoints
+    from alignment.outputs import is_run_folder
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: run folder does not exist")
+    if not is_run_folder(run_dir):
+        raise DataError(
+            f"{run_dir}: not a run folder made by align train (no align-folder.json marker); evaluations are "
+            "written only into run folders"
+        )
     recipe = recipe_from_run(run_dir)
     checkpoints = complete_checkpoints(run_dir)
     if not checkpoints:
@@ -403,6 +415,7 @@ def evaluate_run(
         batch_size=recipe.rollout.batch_size,
     )
     evaluator = CheckpointEvaluator(recipe, settings)
+    evaluator.check_prompts()
     written = []
     for checkpoint, step in targets:
         record = evaluator.evaluate(checkpoint, step)

@@ -20,7 +20,11 @@ columns named with ``--gold``) are reported and plotted against KL but are not p
 
 Bad input never stops the report: a path that is not a folder, a run folder without evaluation files, one
 whose objectives differ from the report's, or one half-written by a killed run is skipped with one line each;
-unreadable evaluation files and a torn last metrics line are noted. Nothing inside a run folder is written.
+unreadable evaluation files and a torn last metrics line are noted. Nothing inside a run folder is written:
+REPORT_DIR is refused (one line, before anything is read or written) when it is or lies inside any run folder
+or checkpoint (named on the command line or not, marked or only looking like one), names a file, lies under a
+file or an unwritable folder, or is an existing folder that is neither empty nor an earlier report (its
+``align-folder.json`` marker says "report"); see `alignment.outputs`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 
 from alignment.errors import ConfigError, DataError
 from alignment.io import atomic_write_json, atomic_write_text
+from alignment.outputs import check_report_folder, claim_folder
 from alignment.reports.analysis import (
     Analysis,
     analyse,
@@ -143,6 +148,7 @@ def build_report(
     usable and ConfigError for a bad option.
     """
     out = Path(out)
+    check_report_folder(out, "--out")
     folders, skipped = discover_runs(paths)
     _check_out_dir(out, folders)
     gold_columns = list(gold or [])
@@ -176,7 +182,7 @@ def build_report(
     for run in analysis.runs:
         gold_names.extend(n for n in run.gold_names if n not in gold_names)
     analysis.gold = gold_names
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "report")
     plots = make_plots(analysis, out)
     data = report_data(analysis, {k: [p.name for p in v] for k, v in plots.items()})
     for run in analysis.runs:  # after the plots: reading a run's metrics can add a note

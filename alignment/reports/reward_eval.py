@@ -134,8 +134,14 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_eval_rm(spec: str, data: str | Path, out: str | Path) -> dict[str, Any]:
-    """Evaluate SPEC on the pairs in `data`, write the JSON report atomically to `out`, return it."""
+def run_eval_rm(spec: str, data: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate SPEC on the pairs in `data`, write the JSON report atomically to `out`, return it.
+
+    `out` is checked first (`alignment.outputs.check_output_file`): ConfigError when it is a folder, lies inside a
+    run folder or checkpoint or under a file or unwritable folder, or already exists (unless `overwrite`)."""
+    from alignment.outputs import check_output_file
+
+    check_output_file(out, "--out", overwrite=overwrite)
     composer = composer_from_spec(spec)
     pairs = load_preference_pairs(data)
     report = evaluate_pairs(composer, pairs)

@@ -21,6 +21,11 @@ The sweep folder::
 
 ``--resume`` continues a sweep that was stopped: finished runs are kept, a run that has a checkpoint resumes
 from it, and missing evaluations are made.
+
+Before anything trains or is written, every run's recipe is validated, the held-out prompts are read and (chat
+prompts) rendered with the policy's tokenizer, and the destinations are checked: a new sweep needs a missing or
+empty folder, ``--resume`` a sweep folder the project made (its ``align-folder.json`` marker), and the report
+folder must be new, empty or an earlier report (`alignment.outputs`).
 """
 
 from __future__ import annotations
@@ -201,11 +206,13 @@ def run_sweep(
 
     Every run's recipe is loaded and validated (and its composer built) before anything is trained or written.
     """
+    from alignment.learners.chat_check import check_prompt_rendering, load_tokenizer
     from alignment.learners.factory import build_composer
     from alignment.learners.run import prepare_run_dir
     from alignment.learners.train import train
+    from alignment.outputs import check_folder, check_outside_runs, check_report_folder, claim_folder, is_run_folder
     from alignment.recipes.recipe import load_recipe
-    from alignment.reports.checkpoint_eval import evaluate_run, resolve_eval_data
+    from alignment.reports.checkpoint_eval import evaluate_run, load_eval_prompts, resolve_eval_data
 
     base = load_recipe(recipe_path, list(overrides or []))
     names = [o.name for o in base.rewards.objectives]
@@ -220,6 +227,11 @@ def run_sweep(
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     sweep_dir = Path(output_dir) if output_dir else Path("runs") / f"sweep-{Path(recipe_path).stem}-{stamp}"
+    check_folder(sweep_dir, "sweep", "--output-dir", resume=resume)
+    if not resume:
+        check_outside_runs(sweep_dir, "--output-dir")
+    if report:
+        check_report_folder(sweep_dir / "report", "the sweep's report folder")
     extra = ["train.save_total_limit=null"] if intermediate else []
     recipes = []
     for item in plan:
@@ -235,8 +247,9 @@ def run_sweep(
         if not resume:
             prepare_run_dir(sweep_dir / item.name, recipe, resume=False)  # refuses a folder holding a run
         recipes.append(recipe)
-    if not resume and (sweep_dir / SWEEP_FILE).exists():
-        raise ConfigError(f"--output-dir: {str(sweep_dir)!r} already holds a sweep; pass --resume to continue it")
+    eval_prompts_list, _ = load_eval_prompts(resolved_eval, base.data.prompt_column, eval_prompts)
+    tokenizer = load_tokenizer(base.model.path, base.model.trust_remote_code)
+    check_prompt_rendering(tokenizer, eval_prompts_list, resolved_eval)
     settings = {
         "weights": weights,
         "strategies": strategies,
@@ -248,7 +261,7 @@ def run_sweep(
         "eval_seed": eval_seed,
         "intermediate": intermediate,
     }
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    claim_folder(sweep_dir, "sweep")
     _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
     for index, (item, recipe) in enumerate(zip(plan, recipes), start=1):
         run_dir = sweep_dir / item.name
@@ -259,10 +272,9 @@ def run_sweep(
         if _done(run_dir, recipe.train.max_steps):
             log(f"[{index}/{len(plan)}] {item.name}: already trained")
         else:
-            has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "config.yaml").exists()
             item.status = "training"
             _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
-            train(recipe, resume=resume and has_run)
+            train(recipe, resume=resume and is_run_folder(run_dir))
         item.status = "evaluating"
         _write_plan(sweep_dir, str(Path(recipe_path).resolve()), plan, settings)
         evaluate_run(
