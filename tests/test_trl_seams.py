@@ -45,6 +45,8 @@ SEAMS = [
     # atomic checkpoints: transformers' checkpoint writer, and DeepSpeed's loader switched to weights_only
     (Trainer, "_save_checkpoint", ["model", "trial"], AtomicCheckpointMixin),
     (Trainer, "train", ["resume_from_checkpoint"], None),
+    # resumed epochs: every sampler gets the epoch before transformers builds the epoch's (skipping) loader
+    (Trainer, "_run_epoch", ["train_dataloader", "epoch"], AtomicCheckpointMixin),
     (TorchCheckpointEngine, "load", ["path", "map_location"], None),
     # iterative rounds under the launcher: accelerate's state is cleared between rounds, the process group kept
     (AcceleratorState, "_reset_state", ["reset_partial_state"], None),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import inspect
 import json
 import os
 import re
@@ -175,6 +176,30 @@ def weights_only_deepspeed_loads() -> Iterator[None]:
         TorchCheckpointEngine.load = original
 
 
+def set_sampler_epoch(loader: Any, epoch: int) -> int:
+    """Call `set_epoch(epoch)` on every sampler and batch sampler under `loader` (not the loader itself); returns
+    how many took it.
+
+    The Trainer sets the epoch through accelerate's `DataLoaderShard.set_epoch`, which looks at most three levels
+    down. A resumed epoch's loader under several processes nests one level deeper (SkipBatchSampler ->
+    BatchSamplerShard -> BatchSampler -> sampler), so a seeded sampler kept the epoch it was built with and a run
+    resumed mid-epoch drew another prompt order than the uninterrupted run. This walks the whole chain.
+    """
+    seen: set[int] = set()
+    pending = [getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)]
+    count = 0
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if callable(getattr(node, "set_epoch", None)):
+            node.set_epoch(epoch)
+            count += 1
+        pending += [getattr(node, "batch_sampler", None), getattr(node, "sampler", None)]
+    return count
+
+
 class AtomicCheckpointMixin:
     """Mixin for transformers Trainers: atomic checkpoint folders plus extra learner state.
 
@@ -215,6 +240,14 @@ class AtomicCheckpointMixin:
         """The Trainer's `train`, with DeepSpeed checkpoints loaded weights-only (see the module docstring)."""
         with weights_only_deepspeed_loads():
             return super().train(*args, **kwargs)  # type: ignore[misc]
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's epoch, with every sampler under its dataloader set to the epoch first (`set_sampler_epoch`):
+        a run resumed in the middle of an epoch then draws that epoch's order, as the uninterrupted run did."""
+        base = super()._run_epoch  # type: ignore[misc]
+        given = inspect.signature(base).bind(*args, **kwargs).arguments
+        set_sampler_epoch(given["train_dataloader"], int(given["epoch"]))
+        return base(*args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         run_dir = Path(self.args.output_dir)
