@@ -42,8 +42,8 @@ def test_shortened_quickstart(tmp_path: Path) -> None:
         # below 1 (word tokens / 100); a batch mean of exactly 0 would mean the retriever or a factor is not running
         assert -1.0 < record["objectives"]["relevance"] < 1.0 and record["objectives"]["relevance"] != 0.0
         assert 0.0 <= record["objectives"]["length"] <= 1.0
-        assert record["weights"] == {"relevance": 1.0, "length": 0.5}
-        expected = record["objectives"]["relevance"] + 0.5 * record["objectives"]["length"]
+        assert record["weights"] == {"relevance": 2.0, "length": 0.5}
+        expected = 2.0 * record["objectives"]["relevance"] + 0.5 * record["objectives"]["length"]
         assert record["composite_reward"] == pytest.approx(expected, abs=1e-6)
     assert [c.name for c in complete_checkpoints(run)] == ["checkpoint-2", "checkpoint-3"]
 

@@ -681,8 +681,8 @@ def _accuracy_by_set(composer: Any, kinds: tuple[str, ...], splits: tuple[str, .
 
 @pytest.mark.slow
 def test_recommended_r3_holds_on_the_three_hacks_and_the_paper_r3_does_not(tmp_path: Path) -> None:
-    """`align eval-rm` on the six probe sets: the recommended R^3 (configs/rewards_r3.yaml) >= 90% pairwise on each;
-    the paper's (configs/paper/r3.yaml) pays for padding (<= 10%)."""
+    """`align eval-rm` on the six probe sets: the recommended R^3 (configs/rewards_r3.yaml) >= 90% pairwise on each,
+    and so does the quickstart's composition that uses it; the paper's (configs/paper/r3.yaml) pays for padding."""
     from alignment.cli import main
     from alignment.learners.factory import composer_from_spec
     from tools.r3_pairs import KINDS, SPLITS, asset_path
@@ -697,6 +697,9 @@ def test_recommended_r3_holds_on_the_three_hacks_and_the_paper_r3_does_not(tmp_p
             assert report["accuracy"] >= 0.9, (kind, split, report["accuracy"])
     paper = _accuracy_by_set(composer_from_spec(str(REPO / "configs/paper/r3.yaml")), ("padded",))
     assert max(paper.values()) <= 0.1, paper
+    # the quickstart's composition (R^3 robust x 2 + target length x 0.5) holds too
+    quickstart = _accuracy_by_set(composer_from_spec(str(REPO / "configs/quickstart.yaml")), KINDS)
+    assert min(quickstart.values()) >= 0.9, quickstart
 
 
 @pytest.mark.slow
