@@ -14,6 +14,7 @@ from typing import Any
 
 from alignment.errors import DataError
 from alignment.learners.factory import build_composer, build_rollout_engine, load_model_and_tokenizer, peft_config
+from alignment.learners.preflight import check_steps_have_data
 from alignment.learners.trainer_args import grpo_args, preference_args, world_info
 from alignment.recipes.preference_data import drop_long_prompts, read_preference_rows
 from alignment.recipes.prompt_data import load_prompts
@@ -36,6 +37,7 @@ def grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
     """GRPO on the recipe's composer: prompts, composer, policy, LoRA config, rollout engine and GRPOConfig,
     all checked before the trainer is built."""
     dataset = load_prompts(recipe.data.train, recipe.data.prompt_column, recipe.data.max_rows)
+    check_steps_have_data(len(dataset), recipe, recipe.data.train)
     composer = build_composer(recipe)
     model, tokenizer = load_model_and_tokenizer(recipe)
     lora = peft_config(recipe, model)
@@ -79,6 +81,7 @@ def preference_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerS
     model, tokenizer = load_model_and_tokenizer(recipe)
     tokenizer.padding_side = "right"  # TRL's preference collator pads on the right
     rows = drop_long_prompts(rows, tokenizer, p.max_length, report, p.too_long)
+    check_steps_have_data(len(rows), recipe, recipe.data.train)
     if world_info()[0] == 0:
         print(report.summary(), flush=True)
     try:
