@@ -37,7 +37,6 @@ def grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
     """GRPO on the recipe's composer: prompts, composer, policy, LoRA config, rollout engine and GRPOConfig,
     all checked before the trainer is built."""
     dataset = load_prompts(recipe.data.train, recipe.data.prompt_column, recipe.data.max_rows)
-    check_steps_have_data(len(dataset), recipe, recipe.data.train)
     composer = build_composer(recipe)
     model, tokenizer = load_model_and_tokenizer(recipe)
     lora = peft_config(recipe, model)
@@ -47,6 +46,7 @@ def grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
 
     engine = build_rollout_engine(recipe, model, tokenizer)
     sampling = recipe.rollout.sampling_params()
+    check_steps_have_data(len(dataset), recipe, recipe.data.train)  # else TRL runs 0 steps and exits 0
 
     def build(callbacks: list[Any]) -> Any:
         trainer = ComposedGRPOTrainer(
