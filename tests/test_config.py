@@ -242,6 +242,7 @@ def test_set_edge_cases_are_one_line(tmp_path: Path, override: str) -> None:
         ('{"zero_optimization": "fast"}', "zero_optimization must be an object"),
         ('{"train_micro_batch_size_per_gpu": 0}', "train_micro_batch_size_per_gpu must be a positive integer"),
         ('{"gradient_clipping": NaN}', "is not valid JSON (NaN is not a JSON number)"),
+        ('{"gradient_clipping": 1' + "0" * 400 + "}", "gradient_clipping must be a number >= 0"),
         ('{"gradient_accumulation_steps": 4}', "gradient_accumulation_steps = 4 disagrees with"),
         ('{"bf16": {"enabled": true}}', "bf16.enabled = True disagrees with model.dtype"),
         ('{"optimizer": {"type": "AdamW", "params": {"lr": 0.5}}}', "optimizer.params.lr = 0.5 disagrees"),

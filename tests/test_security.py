@@ -283,6 +283,7 @@ def test_a_reward_module_that_fails_to_import_is_one_line(tmp_path: Path) -> Non
         ({"max_model_len": -5}, "rollout.vllm_options.max_model_len: expected a positive integer"),
         ({"distributed_executor_backend": "evil.Executor"}, "distributed_executor_backend: choose one of"),
         ({"quantization": "../../x"}, "rollout.vllm_options.quantization: expected a short name"),
+        ({"swap_space": 10**400}, "rollout.vllm_options.swap_space: expected a number >= 0"),
     ],
 )
 def test_vllm_options_cannot_import_code_load_files_or_turn_on_remote_code(

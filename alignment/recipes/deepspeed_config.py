@@ -101,7 +101,12 @@ def _is_auto(value: Any) -> bool:
 
 
 def _number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    """A finite JSON number that fits a float (a 400-digit integer does not)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**63
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def check_deepspeed_config(config: dict[str, Any], recipe: Any, where: str = "train.deepspeed") -> None:

@@ -86,7 +86,9 @@ def _fits(kind: Any, value: Any) -> bool:
     if kind == "int":
         return isinstance(value, int) and 0 < value < 2**63
     if kind == "float":
-        return isinstance(value, int | float) and math.isfinite(value) and 0 <= value < 2**63
+        if isinstance(value, int):
+            return 0 <= value < 2**63  # (math.isfinite overflows on a 400-digit integer)
+        return isinstance(value, float) and math.isfinite(value) and 0 <= value < 2**63
     return isinstance(value, str) and bool(_NAME.match(value))  # "name"
 
 
