@@ -5,9 +5,10 @@
 - a `train.report_to` backend that is not installed;
 - a `model.path` without config.json;
 - `rollout.max_new_tokens` (with `rollout.max_prompt_tokens`) that does not fit the model's context, read from the
-  model folder's config.json (no weights loaded).
-Checks that need the data (prompts or pairs per step against the rows there are) run where the data is read
-(`trainer_setup`).
+  model folder's config.json (no weights loaded);
+- iterative rounds whose prompts could never make one step's pairs.
+Checks that need the data of a single run (prompts or pairs per step against the rows there are) run where the
+data is read (`trainer_setup`).
 """
 
 from __future__ import annotations
@@ -104,12 +105,32 @@ def check_model_folder(recipe: Recipe) -> None:
         raise ConfigError(f"model.path: {str(path)!r} is not a model directory (no config.json)")
 
 
+def check_rounds_can_fill_a_step(recipe: Recipe) -> None:
+    """ConfigError when iterative rounds could never make `train.pairs_per_step` pairs: `iterative.prompts` (after
+    `max_prompts`) times the pairs one prompt can give (1 for best-worst, n(n-1)/2 for all). Ties can still leave a
+    round short; that round's training then stops with the same kind of line, naming its pairs file."""
+    it = recipe.iterative
+    if recipe.algorithm not in PREFERENCE_ALGORITHMS or it.rounds == 0 or it.prompts is None:
+        return
+    from alignment.recipes.prompt_data import load_prompts
+
+    prompts = len(load_prompts(it.prompts, recipe.data.prompt_column, it.max_prompts))
+    per_prompt = 1 if it.pairs == "best-worst" else it.n * (it.n - 1) // 2
+    if prompts * per_prompt < recipe.train.pairs_per_step:
+        raise ConfigError(
+            f"train.pairs_per_step: {recipe.train.pairs_per_step} per step, but the {prompts} prompts of "
+            f"iterative.prompts make at most {prompts * per_prompt} pairs per round (iterative.pairs: {it.pairs}); "
+            "lower train.pairs_per_step or add prompts"
+        )
+
+
 def check_before_training(recipe: Recipe) -> None:
     """Everything above, before the run folder is opened or any model is loaded."""
     check_launcher(recipe)
     check_report_backends(recipe)
     check_model_folder(recipe)
     check_lengths_fit(recipe)
+    check_rounds_can_fill_a_step(recipe)
 
 
 def check_steps_have_data(rows: int, recipe: Recipe, source: Any) -> None:

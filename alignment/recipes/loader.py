@@ -3,8 +3,10 @@
 `load_dataclass(cls, data, where)` walks the dataclass's fields, checks every value against its annotation
 (int, float, str, bool, Literal, Optional, list[...], dict[str, ...] and nested dataclasses), rejects unknown
 keys, and raises `ConfigError` with a message such as
-``rewards.objectives[1].weight: expected a number, got 'heavy'``.
-`apply_overrides(data, ["a.b=1", ...])` applies CLI `--set` overrides to the raw mapping before loading.
+``rewards.objectives[1].weight: expected a number, got 'heavy'``. Integers must fit 64 bits, numbers must be
+finite, and no string (field or list item) may be empty: none of them means anything to the libraries they reach.
+`apply_overrides(data, ["a.b=1", ...])` applies CLI `--set` overrides to the raw mapping before loading; each value
+is parsed by the project's bounded YAML loader (`alignment.recipes.yaml_loading`).
 """
 
 from __future__ import annotations
