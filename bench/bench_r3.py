@@ -1,21 +1,25 @@
-"""R^3 scoring throughput on CPU, int8-vs-fp32 agreement, and the derivation of the cosine scale s.
+"""R^3 scoring throughput on CPU, int8-vs-fp32 agreement, and the derivations of the cosine scale s and of the
+robust preset's relevance floor.
 
 Workload (the GRPO shape): 32 prompts x 8 completions of ~40 words = 256 completions per step, new completions
-every step. Methods:
+every step (``--words 300``: ~300 words each, past MiniLM's 256 word pieces). Methods:
 
 - ``plain``: ``SentenceTransformer.encode`` of the 256 queries (one per completion, as a reward function that
   knows nothing of groups does) and of the 256 responses, then the R^3 formula;
-- ``fp32`` / ``int8`` / ``int8-full``: :class:`rewards.r3.R3Reward` on a :class:`rewards.r3.retriever.Retriever` of
-  that backend, ``cold`` (the step's 32 prompts are new: deduplicated, 32 prompt encodes) and ``warm`` (they
-  are in the LRU cache, as on a second epoch).
+- ``<backend>-<preset>``: :class:`rewards.r3.R3Reward` with that preset ("paper": one truncated pass per
+  response; "robust": the whole response in 64-piece chunks, floor, copy guard) on a
+  :class:`rewards.r3.retriever.Retriever` of that backend (fp32, int8, int8-full), ``cold`` (the step's 32 prompts
+  are new: deduplicated, 32 prompt encodes) and ``warm`` (they are in the LRU cache, as on a second epoch).
 
 The machine is shared with other work, so every method is timed over several rounds, interleaved, and the best
 and median rounds are reported, together with the load average and a matrix-multiply GFLOPS probe taken at the
 start, and the process CPU seconds of each step (less sensitive to other work than wall time).
-``--derive-scale`` prints the measurement behind ``rewards.r3.DEFAULT_SCALE``. Writes
-``bench/results/r3.json`` and prints a table.
+``--derive-scale`` prints the measurement behind ``rewards.r3.DEFAULT_SCALE``, ``--derive-floor`` the one behind
+``rewards.r3.ROBUST_FLOOR``. Writes ``bench/results/r3.json`` (``r3_<words>w.json`` for other lengths) and prints
+a table.
 
-    python bench/bench_r3.py [--threads 2] [--rounds 3] [--derive-scale]
+    python bench/bench_r3.py [--threads 2] [--rounds 3] [--words 40] [--presets paper,robust] [--derive-scale]
+        [--derive-floor]
 """
 
 from __future__ import annotations
@@ -39,15 +43,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rewards.r3 import (  # noqa: E402
     DEFAULT_MAX_LENGTH,
+    ROBUST_FLOOR,
     R3Config,
     R3Reward,
     R3Scorer,
     clean_query,
     constrained_reward,
     cut_response,
+    floored_relevance,
     length_incentive,
     open_ended_reward,
     repetition_penalty,
+    word_tokens,
 )
 from rewards.r3.retriever import Retriever, _load_sentence_transformer, default_model_path  # noqa: E402
 
@@ -203,6 +210,69 @@ def derive_scale(retriever: Retriever, max_length: int = DEFAULT_MAX_LENGTH) -> 
         "constrained_reward_at_scale": round(rar_med / scale * max_length / 100, 4),
         "constrained_reward_at_scale_1": round(rar_med * max_length / 100, 4),
     }
+
+
+def derive_floor(retriever: Retriever) -> dict[str, Any]:
+    """The relevance floor: where the cosines of questions with sentences written for *other* questions (off-topic)
+    end and those with their own sentences (on-topic) begin, on the 32 questions of :data:`TOPICS` (not the probe
+    sets the floor is evaluated on)."""
+    questions = retriever.encode([q for q, _, _ in TOPICS])
+    sentences = retriever.encode([s for _, a, b in TOPICS for s in (a, b)])
+    sims = questions.astype(np.float64) @ sentences.T.astype(np.float64)
+    own = np.zeros_like(sims, dtype=bool)
+    for i in range(len(TOPICS)):
+        own[i, 2 * i : 2 * i + 2] = True
+    on, off = sims[own], sims[~own]
+    return {
+        "rule": "floor between the off-topic and on-topic sentence cosines: above ~97.5% of off-topic, below on-topic",
+        "on_topic": {"n": int(on.size), "min": round(float(on.min()), 4), "p5": round(float(np.percentile(on, 5)), 4)},
+        "off_topic": {
+            "n": int(off.size),
+            **{f"p{p}": round(float(np.percentile(off, p)), 4) for p in (50, 90, 95, 97.5, 99)},
+            "max": round(float(off.max()), 4),
+        },
+        "share_off_topic_at_or_above": {str(t): round(float((off >= t).mean()), 4) for t in (0.25, 0.3, 0.35)},
+        "share_on_topic_below": {str(t): round(float((on < t).mean()), 4) for t in (0.25, 0.3, 0.35)},
+    }
+
+
+def padding_study(retriever: Retriever) -> dict[str, Any]:
+    """Pairwise accuracy of ``LI * QR * RP`` on the padded probe pairs (answer vs answer + ~300 unrelated words,
+    ``tools/r3_pairs.py``, dev and held-out together) for each way of reading a long response, with and without
+    the robust floor, and the median rewards of answers and padded answers. Ways: one pass truncated on the
+    right or left; chunks of at most 32/64/128 word pieces combined as the word-weighted mean of the chunks'
+    cosines (the robust preset's, 64) or as the renormalised mean of the chunk embeddings."""
+    from tools.r3_pairs import asset_path
+
+    pairs = [json.loads(line) for split in ("dev", "heldout") for line in asset_path("padded", split).open()]
+    n = len(pairs)
+    queries = [clean_query(p["prompt"]) for p in pairs] * 2
+    responses = [cut_response(x) for x in [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]]
+    q = retriever.encode(queries, cache=True).astype(np.float64)
+    li = np.array([length_incentive(r) for r in responses])
+    rp = np.array([repetition_penalty(r) for r in responses])
+    qr = {
+        f"one pass, truncated {side}": (q * retriever.encode(responses, truncation_side=side)).sum(1)
+        for side in ("right", "left")
+    }
+    for max_tokens in (32, 64, 128):
+        chunks = retriever.encode_chunks(responses, max_tokens=max_tokens)
+        words = np.array([len(word_tokens(t)) for t in chunks.chunk_texts()], dtype=np.float64)
+        qr[f"chunks {max_tokens}, word-weighted cosine"] = (q * chunks.pooled(words)).sum(1)
+        mean = chunks.pooled(np.ones_like(words))
+        mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+        qr[f"chunks {max_tokens}, renormalised mean embedding"] = (q * mean).sum(1)
+    out: dict[str, Any] = {"pairs": n}
+    for name, values in qr.items():
+        for floor in (0.0, ROBUST_FLOOR):
+            reward = li * floored_relevance(values, floor) * rp
+            wins = (reward[:n] > reward[n:]).sum() + 0.5 * (reward[:n] == reward[n:]).sum()
+            out[f"{name}, floor {floor}"] = {
+                "accuracy": round(float(wins / n), 4),
+                "median_answer": round(float(np.median(reward[:n])), 4),
+                "median_padded": round(float(np.median(reward[n:])), 4),
+            }
+    return out
 
 
 # -- synthetic GRPO workload -------------------------------------------------------------------------------
@@ -378,9 +448,9 @@ FILLER = [
 ]
 
 
-def make_step(seed: int, n_prompts: int = 32, group: int = 8) -> tuple[list[str], list[str]]:
-    """One GRPO step: ``n_prompts`` chat prompts, ``group`` completions each of ~40 words, mixing on-topic,
-    off-topic and filler sentences so relevance varies within a group."""
+def make_step(seed: int, n_prompts: int = 32, group: int = 8, words: int = 40) -> tuple[list[str], list[str]]:
+    """One GRPO step: ``n_prompts`` chat prompts, ``group`` completions each of about ``words`` words, mixing
+    on-topic, off-topic and filler sentences so relevance varies within a group."""
     rng = random.Random(seed)
     prompts, completions = [], []
     for p in range(n_prompts):
@@ -390,7 +460,7 @@ def make_step(seed: int, n_prompts: int = 32, group: int = 8) -> tuple[list[str]
         for _ in range(group):
             on_topic = rng.randint(0, 2)
             parts = rng.sample([a, b], on_topic)
-            while sum(len(s.split()) for s in parts) < 36:
+            while sum(len(s.split()) for s in parts) < words - 4:
                 if rng.random() < 0.5:
                     other = TOPICS[rng.randrange(len(TOPICS))]
                     parts.append(other[rng.randint(1, 2)])
@@ -435,10 +505,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--words", type=int, default=40, help="about this many words per completion")
+    parser.add_argument("--presets", default="paper,robust", help="comma-separated R^3 presets to time")
     parser.add_argument("--no-int8", action="store_true", help="fp32 only")
     parser.add_argument("--derive-scale", action="store_true", help="also print the derivation of s")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--derive-floor", action="store_true", help="also print the derivation of the floor")
+    parser.add_argument("--padding-study", action="store_true", help="also compare ways of reading long responses")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS if args.words == 40 else RESULTS.with_name(f"r3_{args.words}w.json")
+    presets = [p for p in args.presets.split(",") if p]
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     n = args.prompts * args.group
@@ -450,32 +527,35 @@ def main() -> None:
     retrievers = {b: Retriever(backend=b) for b in backends}
 
     # warm-up (first-call allocations) on a step that is not timed
-    wp, wc = make_step(10_000, args.prompts, args.group)
+    wp, wc = make_step(10_000, args.prompts, args.group, args.words)
     plain_r3(model, wp, wc)
     for r in retrievers.values():
-        R3Reward(retriever=r)(wp, wc)
+        for preset in presets:
+            R3Reward(retriever=r, preset=preset)(wp, wc)
 
     times: dict[str, list[float]] = {"plain": []}
     cpu: dict[str, list[float]] = {"plain": []}
     for b in backends:
-        for kind in ("cold", "warm"):
-            times[f"{b}-{kind}"] = []
-            cpu[f"{b}-{kind}"] = []
+        for preset in presets:
+            for kind in ("cold", "warm"):
+                times[f"{b}-{preset}-{kind}"] = []
+                cpu[f"{b}-{preset}-{kind}"] = []
     for rnd in range(args.rounds):
-        prompts, completions = make_step(rnd, args.prompts, args.group)
+        prompts, completions = make_step(rnd, args.prompts, args.group, args.words)
+        _, other = make_step(rnd + 5_000, args.prompts, args.group, args.words)  # same prompts, new answers
         t, c = time.perf_counter(), time.process_time()
         plain_r3(model, prompts, completions)
         times["plain"].append(time.perf_counter() - t)
         cpu["plain"].append(time.process_time() - c)
         for b, r in retrievers.items():
-            r.clear_cache()
-            reward = R3Reward(retriever=r)  # fresh scorer: no memo
-            _, other = make_step(rnd + 5_000, args.prompts, args.group)  # same prompts, new answers
-            for kind, batch in (("cold", completions), ("warm", other)):  # warm: the prompts are cached now
-                t, c = time.perf_counter(), time.process_time()
-                reward(prompts, batch)
-                times[f"{b}-{kind}"].append(time.perf_counter() - t)
-                cpu[f"{b}-{kind}"].append(time.process_time() - c)
+            for preset in presets:
+                r.clear_cache()
+                reward = R3Reward(retriever=r, preset=preset)  # fresh scorer: no memo
+                for kind, batch in (("cold", completions), ("warm", other)):  # warm: the prompts are cached now
+                    t, c = time.perf_counter(), time.process_time()
+                    reward(prompts, batch)
+                    times[f"{b}-{preset}-{kind}"].append(time.perf_counter() - t)
+                    cpu[f"{b}-{preset}-{kind}"].append(time.process_time() - c)
 
     rows = {}
     for name, ts in times.items():
@@ -487,7 +567,7 @@ def main() -> None:
         }
 
     result: dict[str, Any] = {
-        "workload": f"{args.prompts} prompts x {args.group} completions of ~40 words = {n} per step",
+        "workload": f"{args.prompts} prompts x {args.group} completions of ~{args.words} words = {n} per step",
         "threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
@@ -501,21 +581,32 @@ def main() -> None:
         result[f"{b}_agreement"] = agreement(retrievers["fp32"], retrievers[b], args)
     if args.derive_scale:
         result["scale_derivation"] = derive_scale(retrievers["fp32"])
+    if args.derive_floor:
+        result["floor_derivation"] = derive_floor(retrievers["fp32"])
+    if args.padding_study:
+        result["padding_study"] = padding_study(retrievers["fp32"])
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"R^3 throughput, {result['workload']}, {args.threads} threads")
     print(f"load average {result['loadavg_before']} -> {result['loadavg_after']}, GEMM probe {probe:.0f} GFLOPS")
-    print(f"{'method':<15} {'best/s':>8} {'median/s':>9} {'cpu s/step':>11}")
+    print(f"{'method':<22} {'best/s':>8} {'median/s':>9} {'cpu s/step':>11}")
     for name, row in rows.items():
         print(
-            f"{name:<15} {row['best_completions_per_s']:>8.1f} {row['median_completions_per_s']:>9.1f}"
+            f"{name:<22} {row['best_completions_per_s']:>8.1f} {row['median_completions_per_s']:>9.1f}"
             f" {statistics.median(row['cpu_seconds']):>11.2f}"
         )
     for b in backends[1:]:
         print(f"{b} vs fp32:", json.dumps(result[f"{b}_agreement"]))
     if args.derive_scale:
         print("scale derivation:", json.dumps(result["scale_derivation"], indent=1))
+    if args.derive_floor:
+        print("floor derivation:", json.dumps(result["floor_derivation"], indent=1))
+    if args.padding_study:
+        print("padding study (accuracy, median answer, median padded):")
+        for name, row in result["padding_study"].items():
+            if name != "pairs":
+                print(f"  {name:<58} {row['accuracy']:.3f} {row['median_answer']:>7.3f} {row['median_padded']:>7.3f}")
     print(f"wrote {args.out}")
 
 
@@ -524,7 +615,7 @@ def agreement(fp32: Retriever, int8: Retriever, args: argparse.Namespace) -> dic
     qr: dict[str, list[float]] = {"fp32": [], "int8": []}
     rew: dict[str, list[float]] = {"fp32": [], "int8": []}
     for seed in (20_000, 20_001):
-        prompts, completions = make_step(seed, args.prompts, args.group)
+        prompts, completions = make_step(seed, args.prompts, args.group, args.words)
         for name, retriever in (("fp32", fp32), ("int8", int8)):
             scorer = R3Scorer(R3Config(), retriever=retriever)
             factors = scorer.factors(prompts, completions)

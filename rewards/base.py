@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,3 +23,21 @@ class RewardComponent(Protocol):
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]
     ) -> list[float | None]: ...
+
+
+class RewardComponentBase(abc.ABC):
+    """The base a reward component *class* must subclass to be named in a recipe as ``package.module:ClassName``.
+
+    Subclassing it is the author's statement that the class is reward code: the recipe's `args` are passed to its
+    constructor when the composer is built, and its `__call__` scores (see `RewardComponent`). A class that does
+    not subclass it (a standard-library class, a process or socket type, any other library's class) is refused
+    before it is called. A plain function with TRL's reward signature needs no base.
+    """
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Sequence[Any]
+    ) -> list[float | None]:
+        """One float (or None/NaN: not applicable) per completion."""

@@ -38,10 +38,12 @@ def test_shortened_quickstart(tmp_path: Path) -> None:
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3]
     for record in records:
-        assert 0.0 < record["objectives"]["relevance"] < 1.0, "real MiniLM cosine similarities"
+        # R^3 (robust) = LI * (QR - 0.3) / 0.7 * RP, |R^3| <= LI, and answers of at most 48 tokens have LI well
+        # below 1 (word tokens / 100); a batch mean of exactly 0 would mean the retriever or a factor is not running
+        assert -1.0 < record["objectives"]["relevance"] < 1.0 and record["objectives"]["relevance"] != 0.0
         assert 0.0 <= record["objectives"]["length"] <= 1.0
-        assert record["weights"] == {"relevance": 1.0, "length": 0.5}
-        expected = record["objectives"]["relevance"] + 0.5 * record["objectives"]["length"]
+        assert record["weights"] == {"relevance": 2.0, "length": 0.5}
+        expected = 2.0 * record["objectives"]["relevance"] + 0.5 * record["objectives"]["length"]
         assert record["composite_reward"] == pytest.approx(expected, abs=1e-6)
     assert [c.name for c in complete_checkpoints(run)] == ["checkpoint-2", "checkpoint-3"]
 

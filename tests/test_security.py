@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_recipes_cannot_construct_python_objects(tmp_path: Path, tiny_model_dir:
     sentinel = tmp_path / "yaml-ran"
     recipe = tmp_path / "evil.yaml"
     recipe.write_text(f"seed: !!python/object/apply:os.system ['touch {sentinel}']\n")
-    with pytest.raises(ConfigError, match="is not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML .could not determine a constructor for the tag"):
         load_recipe(recipe)
     good = write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1)
     with pytest.raises(ConfigError, match="train.max_steps: expected an integer"):
@@ -172,8 +173,8 @@ def test_reward_code_runs_only_from_registered_names_or_import_paths(
     sentinel = tmp_path / "reward-ran"
     objective = json.dumps({"name": "r", "component": spec.format(s=sentinel)})
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1, objectives=f"- {objective}")
-    with pytest.raises(ConfigError, match=r"rewards.objectives\[0\] \(r\): unknown reward component"):
-        build_composer(load_recipe(recipe))
+    with pytest.raises(ConfigError, match=r"rewards.objectives\[0\].component: unknown reward component"):
+        load_recipe(recipe)  # refused while the recipe is validated, before anything is imported
     with pytest.raises(RewardConfigError, match="unknown reward component"):
         build_component("r", spec.format(s=sentinel))
     assert not sentinel.exists()
@@ -182,6 +183,141 @@ def test_reward_code_runs_only_from_registered_names_or_import_paths(
 def test_explicit_import_paths_and_registered_names_work() -> None:
     assert build_component("flaky", "fault_components:flaky").name == "flaky"
     assert build_component("len", "length", {"unit": "words", "mode": "count"})(["p"], ["a b"]) == [2.0]
+    function = build_component("words", "untrusted_components:word_count", {"bonus": 1.0})
+    assert function(["p"], ["a b c"]) == [4.0] and function.name == "words"
+    component = build_component("words", "untrusted_components:WordCount", {"bonus": 0.5})
+    assert component(["p"], ["a b"]) == [2.5] and component.name == "words"
+
+
+# (spec, args, the refusal): standard-library processes, threads, shell and file functions, builtins, and in a
+# user module a plain class, a callable object, a partial, a function without TRL's signature, a dunder.
+NOT_REWARD_CODE = [
+    ("subprocess:Popen", {"args": ["touch", "{s}"]}, "names the standard-library module 'subprocess'"),
+    ("multiprocessing:Process", {}, "standard-library module 'multiprocessing'"),
+    ("threading:Thread", {}, "standard-library module 'threading'"),
+    ("os:system", {"command": "touch {s}"}, "standard-library module 'os'"),
+    ("shutil:rmtree", {"path": "{s}"}, "standard-library module 'shutil'"),
+    ("builtins:exec", {}, "standard-library module 'builtins'"),
+    ("antigravity:fly", {}, "standard-library module 'antigravity'"),  # importing it would open a web browser
+    ("torch.multiprocessing:Process", {}, "is a class that does not subclass rewards.base.RewardComponentBase"),
+    ("untrusted_components:NotAComponent", {"sentinel": "{s}"}, "does not subclass rewards.base.RewardComponentBase"),
+    ("untrusted_components:AbstractComponent", {}, "is abstract"),
+    ("untrusted_components:callable_object", {"sentinel": "{s}"}, "is a _CallableObject, not a Python function"),
+    ("untrusted_components:partial_reward", {"sentinel": "{s}"}, "is a partial, not a Python function"),
+    ("untrusted_components:no_reward_signature", {"sentinel": "{s}"}, "does not have TRL's reward signature"),
+    ("torch:load", {"f": "{s}"}, "does not have TRL's reward signature"),
+    ("untrusted_components:__builtins__", {}, "is a special name, not reward code"),
+]
+
+
+@pytest.mark.parametrize(("spec", "args", "message"), NOT_REWARD_CODE, ids=[c[0] for c in NOT_REWARD_CODE])
+def test_module_attr_components_are_only_reward_functions_or_component_classes(
+    tmp_path: Path, tiny_model_dir: Path, spec: str, args: dict[str, object], message: str
+) -> None:
+    """Issue 11.1: `component: "module:Name"` used to construct any class with the recipe's args (a process class
+    started a process). Now only a plain function with TRL's signature or a RewardComponentBase subclass runs."""
+    import sys
+
+    sentinel = tmp_path / "ran"
+    filled = json.loads(json.dumps(args).replace("{s}", str(sentinel)))
+    objective = json.dumps({"name": "r", "component": spec, "args": filled})
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1, objectives=f"- {objective}")
+    stdlib = "standard-library" in message or "special name" in message
+    with pytest.raises(ConfigError) as info:
+        build_composer(load_recipe(recipe))
+    text = str(info.value)
+    assert text.startswith("rewards.objectives[0]") and message in text and "\n" not in text, text
+    assert ("nothing was imported" in text) if stdlib else ("is abstract" in text or "nothing was called" in text)
+    with pytest.raises(RewardConfigError, match=message.replace("(", r"\(")):
+        build_component("r", spec, filled)
+    assert not sentinel.exists()
+    assert "antigravity" not in sys.modules
+
+
+def test_a_recipe_imports_its_reward_module_when_the_composer_is_built(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What runs when (RELIABILITY.md, "What a recipe can run"): loading and validating the recipe imports
+    nothing; building the composer imports the named module (its top-level code runs); the function runs only
+    when it scores."""
+    import sys
+
+    sentinel = tmp_path / "imported"
+    monkeypatch.setenv("ALIGN_TEST_IMPORT_SENTINEL", str(sentinel))
+    monkeypatch.delitem(sys.modules, "import_marker_component", raising=False)
+    objective = json.dumps({"name": "r", "component": "import_marker_component:reward"})
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1, objectives=f"- {objective}"))
+    assert not sentinel.exists() and "import_marker_component" not in sys.modules
+    composer = build_composer(recipe)
+    assert sentinel.read_text() == "imported"
+    assert composer.objectives[0].component(["p"], ["a"]) == [1.0]
+
+
+def test_a_reward_module_that_fails_to_import_is_one_line(tmp_path: Path) -> None:
+    module = tmp_path / "broken_reward_module.py"
+    module.write_text("raise RuntimeError('no GPU here\\nsecond line')\n", encoding="utf-8")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(RewardConfigError) as info:
+            build_component("r", "broken_reward_module:reward")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("broken_reward_module", None)
+    assert str(info.value) == "objective 'r': importing 'broken_reward_module' raised RuntimeError: no GPU here"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"worker_extension_cls": "evil.module.Extension"}, "'worker_extension_cls' is not an allowed vLLM option"),
+        ({"worker_cls": "evil.Worker"}, "'worker_cls' is not an allowed vLLM option"),
+        ({"logits_processors": ["evil:Proc"]}, "'logits_processors' is not an allowed vLLM option"),
+        ({"compilation_config": {"backend": "evil.backend"}}, "'compilation_config' is not an allowed vLLM option"),
+        ({"tokenizer": "/elsewhere"}, "'tokenizer' is not an allowed vLLM option"),
+        ({"load_format": "pt"}, "'load_format' is not an allowed vLLM option"),
+        ({"trust_remote_code": True}, "rollout.vllm_options.trust_remote_code: set by the recipe, not here"),
+        ({"model": "/other/model"}, "rollout.vllm_options.model: set by the recipe, not here: use model.path"),
+        ({"enforce_eager": "yes"}, "rollout.vllm_options.enforce_eager: expected true or false"),
+        ({"max_model_len": -5}, "rollout.vllm_options.max_model_len: expected a positive integer"),
+        ({"distributed_executor_backend": "evil.Executor"}, "distributed_executor_backend: choose one of"),
+        ({"quantization": "../../x"}, "rollout.vllm_options.quantization: expected a short name"),
+        ({"swap_space": 10**400}, "rollout.vllm_options.swap_space: expected a number >= 0"),
+    ],
+)
+def test_vllm_options_cannot_import_code_load_files_or_turn_on_remote_code(
+    tmp_path: Path, tiny_model_dir: Path, options: dict[str, object], message: str
+) -> None:
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe(recipe, [f"rollout.vllm_options={json.dumps(options)}"])
+    allowed = {"enforce_eager": True, "max_model_len": 256, "kv_cache_dtype": "fp8", "swap_space": 0}
+    assert load_recipe(recipe, [f"rollout.vllm_options={json.dumps(allowed)}"]).rollout.vllm_options == allowed
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"torch_autocast": {"enabled": True, "lower_precision_safe_modules": ["subprocess.Popen"]}},
+            "imports classes",
+        ),
+        ({"csv_monitor": {"enabled": True, "output_path": "/tmp/anywhere"}}, "section 'csv_monitor' is not allowed"),
+        ({"flops_profiler": {"enabled": True, "output_file": "/etc/x"}}, "section 'flops_profiler' is not allowed"),
+        ({"wandb": {"enabled": True}}, "section 'wandb' is not allowed"),
+        ({"autotuning": {"enabled": True}}, "section 'autotuning' is not allowed"),
+    ],
+)
+def test_deepspeed_json_cannot_import_classes_or_start_monitors(
+    tmp_path: Path, tiny_model_dir: Path, config: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}, **config}), encoding="utf-8")
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, max_steps=1)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(recipe, [f"train.deepspeed={path}"])
+    assert str(info.value).startswith("train.deepspeed: ds.json: ") and message in str(info.value)
 
 
 # -- the source itself -------------------------------------------------------------------------------------------
@@ -252,3 +388,23 @@ def test_source_has_no_eval_exec_unsafe_yaml_pickle_or_unsafe_torch_load() -> No
     assert not problems, "\n".join(problems)
     assert ("alignment/learners/factory.py", "AutoModelForCausalLM") not in non_safetensors
     assert non_safetensors <= KNOWN_NON_SAFETENSORS_LOADS, sorted(non_safetensors - KNOWN_NON_SAFETENSORS_LOADS)
+
+
+YAML_LOADER_MODULE = "alignment/recipes/yaml_loading.py"
+
+
+def test_every_yaml_the_project_reads_goes_through_the_one_bounded_loader() -> None:
+    """Issue 11.2: no module but alignment/recipes/yaml_loading.py parses YAML (yaml.load/safe_load/compose/...),
+    so alias bombs, deep nesting and duplicate keys are refused wherever a YAML comes from."""
+    readers = []
+    for folder in (*SOURCE_DIRS, "tools"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            relative = path.relative_to(REPO).as_posix()
+            for call in _calls(ast.parse(path.read_text(encoding="utf-8"))):
+                name = _dotted(call.func)
+                if name.startswith("yaml.") and name.split(".")[1] in {
+                    "load", "safe_load", "full_load", "unsafe_load", "load_all", "safe_load_all", "compose",
+                    "compose_all", "parse", "scan",
+                }:  # fmt: skip
+                    readers.append(f"{relative}:{call.lineno} {name}")
+    assert readers and all(r.startswith(YAML_LOADER_MODULE) for r in readers), readers

@@ -48,8 +48,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(COMMAND_MODULES[args.command]).run(args))
     except (UserInputError, RewardConfigError, RewardComponentError) as err:
-        print(f"align {args.command}: error: {err}", file=sys.stderr)
+        report_error(args.command, err)
         return 2
     except RolloutServerError as err:  # retried already; the last complete checkpoint is intact
-        print(f"align {args.command}: error: {err}", file=sys.stderr)
+        report_error(args.command, err)
         return 1
+
+
+def report_error(command: str, err: BaseException) -> None:
+    """Print ``align COMMAND: error: MESSAGE`` on a line of its own.
+
+    A progress bar that was drawing when the error came (tqdm redraws its line with a carriage return and no
+    newline) is closed first, which ends its line; stdout is flushed so that nothing printed before lands after.
+    """
+    sys.stdout.flush()
+    tqdm_module = sys.modules.get("tqdm.std")  # only when some library has drawn a bar: never import tqdm here
+    if tqdm_module is not None:
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+            try:
+                bar.close()
+            except Exception:  # noqa: BLE001, S112 - a bar that cannot close must not hide the error line
+                continue
+    message = " ".join(str(err).splitlines()) or type(err).__name__
+    print(f"align {command}: error: {message}", file=sys.stderr, flush=True)

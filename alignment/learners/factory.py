@@ -8,11 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from alignment.errors import ConfigError
 from alignment.recipes.loader import load_dataclass
 from alignment.recipes.recipe import Recipe, RewardsConfig
+from alignment.recipes.yaml_loading import read_yaml_file
 from rewards.composer import Objective, RewardComposer
 from rewards.errors import RewardConfigError
 from rewards.masking import LengthCondition
@@ -143,10 +142,7 @@ def composer_from_spec(spec: str) -> RewardComposer:
 def _composer_from_yaml(path: Path) -> RewardComposer:
     if not path.is_file():
         raise ConfigError(f"--reward: {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--reward: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml_file(path, f"--reward {path}")
     if not isinstance(data, dict):
         raise ConfigError(f"--reward: {path} must hold a mapping")
     section = data.get("rewards", data)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.errors import ConfigError
+from alignment.recipes.deepspeed_config import read_deepspeed_config
 from alignment.recipes.recipe import Recipe
 
 
@@ -68,13 +69,17 @@ def init_process_group(recipe: Recipe) -> None:
 
 def zero_stage(path: str) -> int:
     """The ZeRO stage of a DeepSpeed JSON config (0 when absent); ConfigError when the file is not JSON."""
-    import json
+    return int(read_deepspeed_config(path).get("zero_optimization", {}).get("stage", 0))
 
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"train.deepspeed: {path!r} is not a readable JSON file ({err})") from None
-    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+def check_deepspeed_agrees(args: Any) -> None:
+    """ConfigError when transformers, matching the DeepSpeed config against `args` (TrainingArguments), found a
+    value that disagrees (a fixed micro-batch or train_batch_size for this many processes, optimizer settings):
+    now, rather than a ValueError when training starts."""
+    mismatches = getattr(getattr(args, "hf_deepspeed_config", None), "mismatches", None) or []
+    if mismatches:
+        found = "; ".join(m.lstrip("- ") for m in mismatches)
+        raise ConfigError(f'train.deepspeed: values disagree with the recipe ({found}); set them to "auto"')
 
 
 def per_device_batch(total: int, what: str, world_size: int, accumulation: int) -> int:
@@ -134,7 +139,7 @@ def grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
                 "rewards.weighting.strategy: gradient weighting needs full per-objective gradients, which ZeRO-3's "
                 "partitioned parameters do not give; use configs/zero2.json"
             )
-    return GRPOConfig(
+    args = GRPOConfig(
         per_device_train_batch_size=per_device,
         num_generations=t.num_generations,
         max_completion_length=recipe.rollout.max_new_tokens,
@@ -149,6 +154,8 @@ def grpo_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
         **shared_trainer_args(recipe, run_dir),
         log_completions=False,
     )
+    check_deepspeed_agrees(args)
+    return args
 
 
 def preference_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
@@ -156,7 +163,7 @@ def preference_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
     from trl import DPOConfig
 
     t, p = recipe.train, recipe.preference
-    return DPOConfig(
+    args = DPOConfig(
         per_device_train_batch_size=per_device_batch(
             t.pairs_per_step, "pairs_per_step", world_size, t.gradient_accumulation_steps
         ),
@@ -165,3 +172,5 @@ def preference_args(recipe: Recipe, run_dir: Path, world_size: int) -> Any:
         precompute_ref_log_probs=False,
         **shared_trainer_args(recipe, run_dir),
     )
+    check_deepspeed_agrees(args)
+    return args

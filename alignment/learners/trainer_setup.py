@@ -15,6 +15,7 @@ from typing import Any
 from alignment.errors import DataError
 from alignment.learners.chat_check import check_preference_rendering, check_prompt_rendering
 from alignment.learners.factory import build_composer, build_rollout_engine, load_model_and_tokenizer, peft_config
+from alignment.learners.preflight import check_steps_have_data
 from alignment.learners.trainer_args import grpo_args, preference_args, world_info
 from alignment.recipes.preference_data import drop_long_prompts, read_preference_rows
 from alignment.recipes.prompt_data import load_prompts
@@ -47,6 +48,7 @@ def grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
 
     engine = build_rollout_engine(recipe, model, tokenizer)
     sampling = recipe.rollout.sampling_params()
+    check_steps_have_data(len(dataset), recipe, recipe.data.train)  # else TRL runs 0 steps and exits 0
 
     def build(callbacks: list[Any]) -> Any:
         trainer = ComposedGRPOTrainer(
@@ -82,6 +84,7 @@ def preference_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerS
     tokenizer.padding_side = "right"  # TRL's preference collator pads on the right
     check_preference_rendering(tokenizer, rows, recipe.data.train)
     rows = drop_long_prompts(rows, tokenizer, p.max_length, report, p.too_long)
+    check_steps_have_data(len(rows), recipe, recipe.data.train)
     if world_info()[0] == 0:
         print(report.summary(), flush=True)
     try:

@@ -3,8 +3,10 @@
 `load_dataclass(cls, data, where)` walks the dataclass's fields, checks every value against its annotation
 (int, float, str, bool, Literal, Optional, list[...], dict[str, ...] and nested dataclasses), rejects unknown
 keys, and raises `ConfigError` with a message such as
-``rewards.objectives[1].weight: expected a number, got 'heavy'``.
-`apply_overrides(data, ["a.b=1", ...])` applies CLI `--set` overrides to the raw mapping before loading.
+``rewards.objectives[1].weight: expected a number, got 'heavy'``. Integers must fit 64 bits, numbers must be
+finite, and no string (field or list item) may be empty: none of them means anything to the libraries they reach.
+`apply_overrides(data, ["a.b=1", ...])` applies CLI `--set` overrides to the raw mapping before loading; each value
+is parsed by the project's bounded YAML loader (`alignment.recipes.yaml_loading`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union
 
-import yaml
-
 from alignment.errors import ConfigError
+from alignment.recipes.yaml_loading import YamlSyntaxError, load_yaml
 
 T = TypeVar("T")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _FIELD_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
 
 
@@ -79,6 +81,8 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
+        if not INT64_MIN <= value <= INT64_MAX:  # past what torch, numpy and the OS take: never meaningful here
+            raise ConfigError(f"{where}: {_describe(value)} is out of range (a 64-bit integer at most)")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -90,13 +94,18 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
                     raise ConfigError(f"{where}: expected a number, got {_describe(value)}") from None
             else:
                 raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {_describe(value)} is too large for a number") from None
         if not math.isfinite(value):
             raise ConfigError(f"{where}: expected a finite number, got {value}")
         return value
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
+        if value == "":  # no string field or list item of a recipe means anything when empty (use null)
+            raise ConfigError(f"{where}: must not be an empty string")
         return value
     raise TypeError(f"unsupported annotation {annotation!r} at {where}")
 
@@ -135,13 +144,13 @@ def load_dataclass(cls: type[T], data: Any, where: str) -> T:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.0.c=value`` into its key path and a YAML-parsed value (so numbers, bools, lists parse)."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set train.max_steps=10")
+        raise ConfigError(f"--set {_describe(text)}: expected key=value, e.g. --set train.max_steps=10")
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: the key must be a dotted path such as train.learning_rate")
+        raise ConfigError(f"--set {_describe(text)}: the key must be a dotted path such as train.learning_rate")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {_describe(text)}") if raw != "" else ""
+    except YamlSyntaxError:  # not YAML: the text itself (the field's type check then says if it fits)
         value = raw
     return key.split("."), value
 
@@ -163,18 +172,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     node[part] = {}
                 node = node[part]
             else:
-                raise ConfigError(f"--set {text!r}: {where} is not a mapping or list")
+                raise ConfigError(f"--set {_describe(text)}: {where} is not a mapping or list")
         last = path[-1]
         if isinstance(node, list):
             node[_list_index(last, node, ".".join(path), text)] = value
         elif isinstance(node, dict):
             node[last] = value
         else:
-            raise ConfigError(f"--set {text!r}: {'.'.join(path[:-1])} is not a mapping or list")
+            raise ConfigError(f"--set {_describe(text)}: {'.'.join(path[:-1])} is not a mapping or list")
     return data
 
 
 def _list_index(part: str, node: list[Any], where: str, text: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"--set {text!r}: {where} must be an index below {len(node)}")
+        raise ConfigError(f"--set {_describe(text)}: {where} must be an index below {len(node)}")
     return int(part)

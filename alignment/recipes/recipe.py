@@ -15,19 +15,38 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from alignment.errors import ConfigError
+from alignment.recipes.deepspeed_config import load_and_check as load_and_check_deepspeed
 from alignment.recipes.loader import apply_overrides, load_dataclass
 from alignment.recipes.paths import resolve_path
+from alignment.recipes.vllm_options import check_vllm_options
+from alignment.recipes.yaml_loading import check_tree, read_yaml_file
 
 ALGORITHMS = ("grpo", "dpo", "rpo", "sparsepo")
 PREFERENCE_ALGORITHMS = ("dpo", "rpo", "sparsepo")
 
 
+SEED_MAX = 2**32 - 1  # numpy's seed range (transformers seeds numpy, random and torch with it)
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer waits overflow the OS's timers and are never meant
+MAX_RETRIES = 100
+MAX_BACKOFF_S = 3600.0
+
+
 def _check(condition: bool, where: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{where}: {message}")
+
+
+def _check_timeout(value: float | None, where: str, allow_null: bool = True) -> None:
+    if value is None:
+        return
+    _check(value > 0, where, f"must be a positive number of seconds, got {value}")
+    _check(
+        value <= MAX_TIMEOUT_S,
+        where,
+        f"must be at most {MAX_TIMEOUT_S:g} seconds (a week){'; null for no limit' if allow_null else ''}, "
+        f"got {value:g}",
+    )
 
 
 @dataclass
@@ -144,13 +163,21 @@ class RolloutConfig:
             except ValueError as err:
                 raise ConfigError(f"{where}.server_url: {err}") from None
         _check(self.request_timeout_s > 0, f"{where}.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        _check_timeout(self.request_timeout_s, f"{where}.request_timeout_s", allow_null=False)
         _check(self.retries >= 0, f"{where}.retries", f"must be >= 0, got {self.retries}")
+        _check(self.retries <= MAX_RETRIES, f"{where}.retries", f"must be at most {MAX_RETRIES}, got {self.retries}")
         _check(self.retry_backoff_s >= 0, f"{where}.retry_backoff_s", f"must be >= 0, got {self.retry_backoff_s}")
+        _check(
+            self.retry_backoff_s <= MAX_BACKOFF_S,
+            f"{where}.retry_backoff_s",
+            f"must be at most {MAX_BACKOFF_S:g} seconds, got {self.retry_backoff_s:g}",
+        )
         _check(
             0 < self.gpu_memory_utilization <= 1,
             f"{where}.gpu_memory_utilization",
             f"must be in (0, 1], got {self.gpu_memory_utilization}",
         )
+        check_vllm_options(self.vllm_options, f"{where}.vllm_options")
 
 
 @dataclass
@@ -168,8 +195,14 @@ class ObjectiveConfig:
 
     def validate(self, where: str) -> None:
         _check(bool(self.name), f"{where}.name", "must be a non-empty name")
-        if self.timeout is not None:
-            _check(self.timeout > 0, f"{where}.timeout", f"must be a positive number of seconds, got {self.timeout}")
+        _check_timeout(self.timeout, f"{where}.timeout")
+        from rewards.errors import RewardConfigError
+        from rewards.registry import check_spec
+
+        try:  # the spec's shape only: nothing is imported until the composer is built
+            check_spec(self.component, f"{where}.component")
+        except RewardConfigError as err:
+            raise ConfigError(str(err)) from None
 
 
 @dataclass
@@ -204,8 +237,7 @@ class RewardsConfig:
     timeout: float | None = 300.0
 
     def validate(self, where: str) -> None:
-        if self.timeout is not None:
-            _check(self.timeout > 0, f"{where}.timeout", f"must be a positive number of seconds, got {self.timeout}")
+        _check_timeout(self.timeout, f"{where}.timeout")
         names = [o.name for o in self.objectives]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         _check(not duplicates, f"{where}.objectives", f"objective names must be unique; repeated: {duplicates}")
@@ -370,6 +402,13 @@ class TrainConfig:
         _check(self.learning_rate > 0, f"{where}.learning_rate", f"must be > 0, got {self.learning_rate}")
         _check(self.beta >= 0, f"{where}.beta", f"must be >= 0, got {self.beta}")
         _check(0 < self.epsilon < 1, f"{where}.epsilon", f"must be in (0, 1), got {self.epsilon}")
+        if self.epsilon_high is not None:
+            _check(
+                self.epsilon_high > 0,
+                f"{where}.epsilon_high",
+                f"the upper clipping range must be > 0 (DAPO uses 0.28) or null, got {self.epsilon_high:g}",
+            )
+        _check(self.warmup_steps >= 0, f"{where}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _check(self.max_grad_norm > 0, f"{where}.max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
         if self.save_total_limit is not None:
             _check(self.save_total_limit > 0, f"{where}.save_total_limit", "must be positive or null")
@@ -399,6 +438,7 @@ class Recipe:
     source: str | None = None  # the recipe file it came from (set by load_recipe)
 
     def validate(self, where: str) -> None:
+        _check(0 <= self.seed <= SEED_MAX, "seed", f"must be in 0-{SEED_MAX} (numpy's seed range), got {self.seed}")
         _check(
             self.algorithm in ALGORITHMS,
             "algorithm",
@@ -431,17 +471,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} does not exist or is not a file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {detail}") from None
+    data = read_yaml_file(path, f"recipe {str(path)!r}")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(path)!r}: the top level must be a mapping of sections")
     data.pop("source", None)
     apply_overrides(data, overrides or [])
+    check_tree(data, f"recipe {str(path)!r} with its --set overrides" if overrides else f"recipe {str(path)!r}")
     recipe = load_dataclass(Recipe, data, "")
     recipe.source = str(path.resolve())
     base = path.resolve().parent
@@ -455,4 +492,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         recipe.data.eval = resolve_path(recipe.data.eval, base, "data.eval")
     if recipe.train.deepspeed is not None:
         recipe.train.deepspeed = resolve_path(recipe.train.deepspeed, base, "train.deepspeed")
+        load_and_check_deepspeed(recipe)  # now, not minutes later in every launched process
     return recipe

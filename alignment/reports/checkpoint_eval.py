@@ -143,18 +143,16 @@ def read_eval_scores(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[st
 
 def recipe_from_run(run_dir: str | Path) -> Any:
     """The resolved recipe a run folder was trained with (its config.yaml), validated; ConfigError if absent."""
-    import yaml
-
     from alignment.recipes.loader import load_dataclass
     from alignment.recipes.recipe import Recipe
+    from alignment.recipes.yaml_loading import read_yaml_file
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no config.yaml (not a run folder, or a run killed before it started)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml_file(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a recipe mapping")
     data.pop("source", None)
     return load_dataclass(Recipe, data, "")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from alignment.errors import DataError
+from alignment.errors import DataError, UserInputError
 from alignment.reports.checkpoint_eval import EVAL_DIR, read_eval_file
 
 
@@ -125,11 +125,11 @@ _EMPTY: dict[str, Any] = {}
 _WEIGHTING_KEY = re.compile(r'"weighting/((?:[^"\\]|\\.)*)"\s*:')
 
 
-def _yaml_load(text: str) -> Any:
-    import yaml
+def _read_config(path: Path) -> Any:
+    """A run's config.yaml through the project's one YAML loader (bounded, duplicate keys refused)."""
+    from alignment.recipes.yaml_loading import read_yaml_file
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    return read_yaml_file(path, "config.yaml")
 
 
 def _looks_like_run(path: Path) -> bool:
@@ -223,9 +223,9 @@ def load_run(path: Path, name: str | None = None) -> RunRecord:
     if not config.is_file():
         raise SkipRun("no config.yaml (not a run folder, or a run killed before it started)")
     try:
-        recipe = _yaml_load(config.read_text(encoding="utf-8"))
-    except Exception as err:  # noqa: BLE001 - any YAML or decoding error
-        raise SkipRun(f"config.yaml is unreadable ({type(err).__name__}), half-written?") from None
+        recipe = _read_config(config)
+    except UserInputError as err:  # not YAML, not UTF-8, over the loader's limits: the loader says which
+        raise SkipRun(f"{err}; half-written?" if "not valid YAML" in str(err) else str(err)) from None
     if not isinstance(recipe, dict):
         raise SkipRun("config.yaml is not a recipe mapping")
     eval_dir = path / EVAL_DIR

@@ -94,7 +94,7 @@ def parse_strategies(text: str) -> list[str]:
 
 def parse_strategy_options(items: list[str]) -> dict[str, dict[str, Any]]:
     """``--strategy-options NAME=MAPPING`` (YAML/JSON mapping, repeatable) -> {strategy: options}."""
-    import yaml
+    from alignment.recipes.yaml_loading import load_yaml
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -104,10 +104,7 @@ def parse_strategy_options(items: list[str]) -> dict[str, dict[str, Any]]:
             raise ConfigError(
                 f"--strategy-options {item!r}: expected NAME={{...}} with NAME one of {', '.join(STRATEGIES)}"
             )
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--strategy-options {name}: not valid YAML ({str(err).splitlines()[0]})") from None
+        value = load_yaml(raw, f"--strategy-options {name}")
         if not isinstance(value, dict):
             raise ConfigError(f"--strategy-options {name}: expected a mapping such as {{eta: 0.1}}, got {raw!r}")
         out[name] = value

@@ -39,7 +39,12 @@ Choices made here (the paper leaves them open or this port changes them); each i
   warning.
 - Switches. ``use_qr``, ``use_rar``, ``use_li``, ``use_rp``: a factor switched off is 1 in every formula and
   in its own component (RAR stays None where there is no reference). L_max / 100 is a constant of the
-  constrained branch, not LI, so ``use_li=False`` leaves it in place (as in the authors' code).
+  constrained branch, not LI, so ``use_li=False`` leaves it in place (as in the authors' code). The constrained
+  branch is RAR's: with ``use_rar=False`` every row is open-ended, so with both relevances off every row gets
+  ``LI * RP``, as the authors' reward without relevance scaling does.
+- Long texts (``truncation_side``, default "left"). MiniLM reads 256 word pieces; a longer query, reference or
+  (under ``response_encoding: truncate``) response is cut on the left, keeping its end, as the authors'
+  Contriever does (``truncation_side="left"``, at its 512).
 
 The scale s for cosine similarity (``scale``, default :data:`DEFAULT_SCALE`)
 -------------------------------------------------------------------------------------------------------------
@@ -62,17 +67,39 @@ the authors' own branch ratio could not be measured. Under GRPO the choice matte
 group shares its prompt and so its branch, and group std-normalisation cancels s; it matters for PPO/RLOO-style
 batch baselines and when R^3 is weighted against other objectives.
 
-Query-copy guard (``copy_guard``, off by default so the paper's reward stays reproducible)
+Extensions (off in the paper preset; the ``robust`` preset, :data:`PRESETS`, turns all three on)
 -------------------------------------------------------------------------------------------------------------
-A response that restates the question is the retriever's nearest neighbour of the query, so it earns a higher
-QR than a real answer (measured in ``tests/test_r3.py``: for "What are the main causes of inflation?", the
-restatement "You are asking what the main causes of inflation are." scores QR 0.93, a correct answer 0.71, the
-verbatim copy 1.0). With the guard on, QR is multiplied by ``min(1, novelty / copy_guard_min_novelty)`` when
-QR >= ``copy_guard_min_similarity``, where novelty is the share of the response's distinct words (lower-cased
-``\\w+``) absent from the query: the verbatim copy has novelty 0 and loses all of its QR, the restatement
-(novelty 0.22) keeps 0.44 of it (QR 0.41), and answers, including one that restates the question before
-answering it (novelty 0.7), keep all of theirs. Limitation: a very short answer made mostly of the question's
-words ("The capital of France is Paris.", novelty 0.17) is scaled down too.
+The paper's reward can be gamed: an answer followed by ~300 words of unrelated true sentences out-earns the
+answer alone (LI grows ~15x, QR falls ~2x), and a response that echoes the question out-earns answers (QR of a copy
+is ~1). Measured on the probe sets of ``tools/r3_pairs.py`` in docs/FIDELITY.md; each extension is a field:
+
+- ``response_encoding: chunked``: relevance sees the whole response. It is cut into chunks of whole sentences
+  of at most ``chunk_tokens`` (64) word pieces (:meth:`rewards.r3.retriever.Retriever.encode_chunks`), each chunk
+  is encoded, and the response's embedding is the mean of its chunk embeddings weighted by their word tokens, not
+  renormalised: QR (and RAR) is then the word-weighted mean of the chunks' relevances, and ``LI * QR`` is exactly
+  the sum over chunks of ``LI(chunk) * QR(chunk)``: every part of a response is paid its own length times its
+  own relevance. A response of one chunk scores as one pass does. (A renormalised mean of chunk embeddings was
+  measured too: it lets padding win, docs/FIDELITY.md.)
+- ``relevance_floor`` (0.3): QR is measured from a floor, ``(QR - floor) / (1 - floor)``
+  (:func:`floored_relevance`), so, with chunks, text less relevant than the floor costs reward in proportion to
+  its length instead of earning a little. MiniLM gives unrelated text a positive cosine (median 0.08 for a
+  sentence, ~0.18 for a window of several unrelated facts against a "Question: ... Answer:" query), which the
+  unbounded LI multiplies; seeing the whole response alone does not stop padding. 0.3 sits above 97.8% of the
+  cosines between 32 questions and the 62 sentences written for the other questions, and below all 64 written for
+  their own (``bench/bench_r3.py --derive-floor``; not the probe sets). RAR is not floored (the constrained branch
+  has no LI to pay for length).
+- ``copy_guard``: what a response copies from the question earns no relevance. Copied words are those in runs
+  of ``copy_guard_min_run`` (3) consecutive words that also occur consecutively in the query, or every word of a
+  response made only of the query's words (:func:`strip_copied`); single shared words, the question's key words,
+  never count. For a response that copies and has QR >= ``copy_guard_min_similarity`` (0.5), QR is multiplied by
+  :func:`copy_guard_factor`, ``rho * (2 - rho)`` with ``rho`` = QR of the response without its copied words / QR.
+  For "What are the main causes of inflation?" (``tests/test_r3.py``): the verbatim copy goes from QR 1.0 to 0,
+  the restatement "You are asking what the main causes of inflation are." from 0.93 to 0.30, a correct answer
+  stays at 0.71, and "The main causes of inflation are demand outpacing supply, ..." keeps the relevance of its
+  answer (0.84 -> 0.73); "Paris is the French capital." is untouched and "The capital of France is Paris." keeps
+  0.81 of its 0.88. The guard replaces an earlier one that scaled QR by the share of the response's distinct
+  words absent from the question, which also scaled down short answers made of the question's key words.
+
 Layout: ``maths`` (the factor and reward formulas, pure functions), ``cleaning`` (query cleaning, response
 cutting, the stop strings), ``config`` (:class:`R3Config`), ``scorer`` (one batch's factors, computed once and
 shared), ``components`` (the reward components the registry builds), ``retriever`` (MiniLM loading, backends,
@@ -88,24 +115,29 @@ from rewards.r3.components import (
     RepetitionPenalty,
     r3_components,
 )
-from rewards.r3.config import BRANCH_RULES, R3Config
+from rewards.r3.config import BRANCH_RULES, PRESETS, RESPONSE_ENCODINGS, R3Config
 from rewards.r3.maths import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_SCALE,
+    ROBUST_FLOOR,
     constrained_reward,
     copy_guard_factor,
+    floored_relevance,
     length_incentive,
     open_ended_reward,
-    query_novelty,
     query_relevance,
     reference_relevance,
     repetition_penalty,
+    strip_copied,
     word_tokens,
 )
 from rewards.r3.scorer import R3Factors, R3Scorer, shared_scorer
 
 __all__ = [
     "BRANCH_RULES",
+    "PRESETS",
+    "RESPONSE_ENCODINGS",
+    "ROBUST_FLOOR",
     "DEFAULT_MAX_LENGTH",
     "DEFAULT_SCALE",
     "DEFAULT_STOP_STRINGS",
@@ -119,11 +151,12 @@ __all__ = [
     "RepetitionPenalty",
     "clean_query",
     "constrained_reward",
+    "floored_relevance",
+    "strip_copied",
     "copy_guard_factor",
     "cut_response",
     "length_incentive",
     "open_ended_reward",
-    "query_novelty",
     "query_relevance",
     "r3_components",
     "reference_relevance",

@@ -59,7 +59,8 @@ class _R3Component:
 
 class R3Reward(_R3Component):
     """R^3 (Kim & Seo 2024): ``LI * QR * RP`` on open-ended rows, ``(RAR / s) * (L_max / 100) * RP`` on
-    constrained ones. Options: the fields of :class:`R3Config`, as ``config=`` or keyword arguments."""
+    constrained ones. Options: the fields of :class:`R3Config`, as ``config=`` or keyword arguments, or
+    ``preset="paper"`` / ``"robust"`` (:data:`rewards.r3.config.PRESETS`) with keyword overrides."""
 
     default_name = "r3"
 
@@ -68,7 +69,8 @@ class R3Reward(_R3Component):
 
 
 class QueryRelevance(_R3Component):
-    """QR alone, ``e(query) . e(response)`` (copy guard applied when on; 1 when ``use_qr`` is off)."""
+    """QR alone, ``e(query) . e(response)``, as the reward uses it: copy guard applied when on, then measured from
+    ``relevance_floor`` (negative below it); 1 when ``use_qr`` is off."""
 
     default_name = "r3.qr"
 

@@ -19,12 +19,20 @@ RL loop (GRPO scores G completions of the same prompt together):
   97% of the within-group pairs of R^3 rewards (QR Pearson 0.996, mean |dQR| 0.017) at ~1.25x fp32's speed;
   int8-full keeps 95% (Pearson 0.991, mean |dQR| 0.025) at ~1.4x (2 cores: 120, 150, 170 completions/s).
 
+Long texts. The encoder sees at most ``max_seq_length`` word pieces (256 for MiniLM). :meth:`Retriever.encode`
+truncates longer texts on the right (as sentence-transformers does) or, with ``truncation_side="left"``, on the
+left (as the R^3 authors' Contriever does: the end of the text is kept). :meth:`Retriever.encode_chunks` sees the
+whole text instead: it cuts it into chunks of whole sentences of at most ``max_tokens`` word pieces (a longer
+sentence is cut between words) and encodes every chunk; the caller combines them (:mod:`rewards.r3.scorer`).
+
 Threads: this module never calls ``torch.set_num_threads``; the caller decides.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -36,6 +44,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+TRUNCATION_SIDES: tuple[str, ...] = ("right", "left")
+"""Which end of an over-long text :meth:`Retriever.encode` drops: "right" keeps the start (sentence-transformers),
+"left" keeps the end (the R^3 authors' Contriever, ``truncation_side="left"``)."""
 
 BACKENDS: tuple[str, ...] = ("fp32", "int8", "int8-full")
 """Backends :class:`Retriever` accepts: fp32; int8 with the feed-forward output projections kept fp32 (the
@@ -75,6 +87,92 @@ class RetrieverStats:
     """Distinct texts run through the encoder."""
     forward_calls: int = 0
     """Encoder forward passes (batches)."""
+
+
+@dataclass
+class Chunks:
+    """The chunk embeddings of N texts (:meth:`Retriever.encode_chunks`).
+
+    Attributes:
+        embeddings: [C, d] float32, each chunk's L2-normalised embedding.
+        owner: [C] int, the text each chunk belongs to (chunks of one text are consecutive and in text order).
+        spans: C (start, end) character offsets of each chunk in its text (stripped of outer whitespace, as
+            encoded): ``text.strip()[start:end]`` is the chunk.
+        texts: the N texts as chunked (stripped).
+    """
+
+    embeddings: np.ndarray
+    owner: np.ndarray
+    spans: list[tuple[int, int]]
+    texts: list[str]
+
+    def chunk_texts(self) -> list[str]:
+        """The text of every chunk, in chunk order."""
+        return [self.texts[i][a:b] for i, (a, b) in zip(self.owner.tolist(), self.spans, strict=True)]
+
+    def pooled(self, weights: np.ndarray) -> np.ndarray:
+        """[N, d] per-text weighted mean of its chunk embeddings (``weights``: [C] >= 0), *not* renormalised, so
+        a dot product with a unit vector is the weighted mean of the chunks' cosines; zeros for a text with no
+        chunk or zero total weight."""
+        weights = np.asarray(weights, dtype=np.float64)
+        out = np.zeros((len(self.texts), self.embeddings.shape[1]), dtype=np.float64)
+        np.add.at(out, self.owner, self.embeddings.astype(np.float64) * weights[:, None])
+        totals = np.bincount(self.owner, weights=weights, minlength=len(self.texts))
+        nonzero = totals > 0
+        out[nonzero] /= totals[nonzero, None]
+        return out
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*")
+
+
+def sentence_starts(text: str) -> list[int]:
+    """Character offsets where a sentence of ``text`` starts after the first: after ``.``, ``!`` or ``?`` (and
+    closing quotes or brackets) followed by whitespace, and after a line break."""
+    return [m.end() for m in _SENTENCE_END.finditer(text) if 0 < m.end() < len(text)]
+
+
+def chunk_token_ranges(offsets: Sequence[tuple[int, int]], starts: Sequence[int], max_tokens: int) -> list[range]:
+    """Cut one text's word pieces into chunks of whole sentences, each at most ``max_tokens`` pieces.
+
+    Args:
+        offsets: (start, end) character offsets of each word piece in the text.
+        starts: character offsets where sentences start (:func:`sentence_starts`), ascending.
+        max_tokens: most word pieces in a chunk (>= 1).
+    Returns:
+        Consecutive, non-overlapping token ranges covering every piece. Sentences are packed greedily into a chunk
+        while they fit; a sentence longer than ``max_tokens`` gets chunks of its own, cut before a word (a piece
+        whose start is not the previous piece's end) when there is one in the second half of the window.
+    """
+    n = len(offsets)
+    sentence_of = [bisect.bisect_right(starts, offsets[i][0]) for i in range(n)]
+    sentences: list[range] = []
+    first = 0
+    for i in range(1, n + 1):
+        if i == n or sentence_of[i] != sentence_of[first]:
+            sentences.append(range(first, i))
+            first = i
+    chunks: list[range] = []
+    current: range | None = None
+    for sentence in sentences:
+        if current is not None and len(current) + len(sentence) <= max_tokens:
+            current = range(current.start, sentence.stop)
+            continue
+        if current is not None:
+            chunks.append(current)
+            current = None
+        start = sentence.start
+        while sentence.stop - start > max_tokens:
+            cut = start + max_tokens
+            word_start = next(
+                (j for j in range(cut, start + max_tokens // 2, -1) if offsets[j][0] != offsets[j - 1][1]), cut
+            )
+            chunks.append(range(start, word_start))
+            start = word_start
+        current = range(start, sentence.stop)
+    if current is not None and len(current):
+        chunks.append(current)
+    return chunks
 
 
 class Retriever:
@@ -127,15 +225,21 @@ class Retriever:
             encoder = _quantize_int8(encoder, keep_ffn_output_fp32=backend == "int8")
         self.encoder = encoder.eval()
         self._input_names = set(self.tokenizer.model_input_names)
+        self._prefix, self._suffix = _special_tokens(self.tokenizer)
+        self._n_special = len(self._prefix) + len(self._suffix)
 
     # -- public API -------------------------------------------------------------------------------------------
 
-    def encode(self, texts: Sequence[str], *, cache: bool = False) -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, cache: bool = False, truncation_side: str = "right") -> np.ndarray:
         """Embed ``texts``: float32 array [len(texts), d], each row L2-normalised (d = 384 for MiniLM).
 
+        A text longer than ``max_seq_length`` word pieces (special tokens included) loses its end
+        (``truncation_side="right"``, as sentence-transformers) or its start (``"left"``, as the R^3 authors).
         Duplicates within the call are encoded once. With ``cache=True`` rows are looked up in, and stored
         into, the LRU cache (meant for prompts and references, which repeat; leave it off for completions).
         """
+        if truncation_side not in TRUNCATION_SIDES:
+            raise ValueError(f"truncation_side must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation_side!r}")
         texts = [str(t) for t in texts]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
@@ -147,22 +251,55 @@ class Retriever:
                 rows_of.setdefault(text, []).append(i)
             missing: list[str] = []
             for text, rows in rows_of.items():
-                hit = self._cache.get(text) if cache and self.cache_size else None
+                hit = self._cache.get((truncation_side, text)) if cache and self.cache_size else None
                 if hit is None:
                     missing.append(text)
                     continue
-                self._cache.move_to_end(text)
+                self._cache.move_to_end((truncation_side, text))
                 self.stats.cache_hits += len(rows)
                 out[rows] = hit
             if missing:
-                embeddings = self._encode_uncached(missing)
+                embeddings = self._encode_uncached(missing, truncation_side)
                 for text, emb in zip(missing, embeddings, strict=True):
                     out[rows_of[text]] = emb
                     if cache and self.cache_size:
-                        self._cache[text] = emb
+                        self._cache[(truncation_side, text)] = emb
                         if len(self._cache) > self.cache_size:
                             self._cache.popitem(last=False)
         return out
+
+    def encode_chunks(self, texts: Sequence[str], *, max_tokens: int = 128) -> Chunks:
+        """Embed the whole of every text as chunks of whole sentences of at most ``max_tokens`` word pieces
+        (special tokens not counted; see :func:`chunk_token_ranges`). Never cached (meant for completions).
+
+        A text of at most ``max_tokens`` pieces is one chunk whose embedding equals :meth:`encode`'s; an empty
+        text has no chunk.
+        """
+        if not 1 <= max_tokens <= self.max_seq_length - self._n_special:
+            raise ValueError(f"max_tokens must be in [1, {self.max_seq_length - self._n_special}], got {max_tokens}")
+        stripped = [str(t).strip() for t in texts]
+        encoded = self.tokenizer(
+            stripped,
+            add_special_tokens=False,
+            truncation=False,
+            padding=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        rows: list[list[int]] = []
+        owner: list[int] = []
+        spans: list[tuple[int, int]] = []
+        for i, (text, ids, offsets) in enumerate(zip(stripped, encoded["input_ids"], encoded["offset_mapping"])):
+            for chunk in chunk_token_ranges(offsets, sentence_starts(text), max_tokens):
+                rows.append(self._with_special(ids[chunk.start : chunk.stop]))
+                owner.append(i)
+                spans.append((offsets[chunk.start][0], offsets[chunk.stop - 1][1]))
+        with self._lock:
+            self.stats.requested += len(stripped)
+            embeddings = self._encode_ids(rows)
+        return Chunks(embeddings, np.asarray(owner, dtype=np.int64), spans, stripped)
 
     def clear_cache(self) -> None:
         """Drop every cached embedding."""
@@ -176,23 +313,35 @@ class Retriever:
 
     # -- internals --------------------------------------------------------------------------------------------
 
-    def _encode_uncached(self, texts: list[str]) -> np.ndarray:
+    def _encode_uncached(self, texts: list[str], truncation_side: str = "right") -> np.ndarray:
         """Run the encoder over distinct ``texts``: float32 [len(texts), d], L2-normalised, input order."""
         encoded = self.tokenizer(
             [t.strip() for t in texts],
-            add_special_tokens=True,
-            truncation=True,
-            max_length=self.max_seq_length,
+            add_special_tokens=False,
+            truncation=False,
             padding=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            verbose=False,
         )
-        ids: list[list[int]] = encoded["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        for batch in self._batches(order, [len(x) for x in ids]):
-            out[batch] = self._forward([ids[i] for i in batch])
-        self.stats.encoded += len(texts)
+        room = self.max_seq_length - self._n_special
+        if truncation_side == "left":
+            rows = [self._with_special(ids[-room:] if len(ids) > room else ids) for ids in encoded["input_ids"]]
+        else:
+            rows = [self._with_special(ids[:room]) for ids in encoded["input_ids"]]
+        return self._encode_ids(rows)
+
+    def _with_special(self, ids: list[int]) -> list[int]:
+        """``ids`` wrapped in the model's special tokens ([CLS] ... [SEP] for BERT-style models)."""
+        return self._prefix + list(ids) + self._suffix
+
+    def _encode_ids(self, rows: list[list[int]]) -> np.ndarray:
+        """Encode token-id rows (special tokens included), length-sorted into batches: float32 [len(rows), d]."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for batch in self._batches(order, [len(x) for x in rows]):
+            out[batch] = self._forward([rows[i] for i in batch])
+        self.stats.encoded += len(rows)
         return out
 
     def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
@@ -228,6 +377,16 @@ class Retriever:
             pooled = torch.nn.functional.normalize(pooled.float(), p=2.0, dim=1)
         self.stats.forward_calls += 1
         return pooled.numpy()
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a text's own ids (BERT: [CLS] and [SEP])."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return list(full[:start]), list(full[start + len(bare) :])
+    raise ValueError("cannot locate the text inside the tokenizer's special-token template")
 
 
 def _quantize_int8(encoder: torch.nn.Module, keep_ffn_output_fp32: bool = True) -> torch.nn.Module:

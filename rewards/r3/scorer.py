@@ -17,11 +17,13 @@ from rewards.r3.config import R3Config
 from rewards.r3.maths import (
     constrained_reward,
     copy_guard_factor,
+    floored_relevance,
     length_incentive,
     open_ended_reward,
-    query_novelty,
     query_relevance,
     repetition_penalty,
+    strip_copied,
+    word_tokens,
 )
 from rewards.r3.retriever import Retriever, get_retriever
 from rewards.text import completion_text, prompt_text
@@ -29,14 +31,14 @@ from rewards.text import completion_text, prompt_text
 
 @dataclass
 class R3Factors:
-    """Every factor of one batch of N rows, switches and the copy guard applied (a factor switched off is 1).
+    """Every factor of one batch of N rows, switches, copy guard and floor applied (a factor switched off is 1).
 
     Attributes:
         query: [N] cleaned queries.  response: [N] cut responses.  reference: [N] references or None.
         constrained: [N] bool, the rows scored by the constrained branch.
-        li, rp: [N] LI and RP.  novelty: [N] query novelty of each response (for the copy guard).
-        qr: [N] QR, guarded when the guard is on; None until relevance is computed.
-        qr_unguarded: [N] QR before the guard.  rar: [N] RAR, NaN where there is no reference.
+        li, rp: [N] LI and RP.  copied: [N] share of each response's words copied from its query (copy guard).
+        qr: [N] QR as the reward uses it (guarded, then measured from the floor); None until relevance is computed.
+        qr_unguarded: [N] the retriever's QR, before guard and floor.  rar: [N] RAR, NaN where there is no reference.
     """
 
     query: list[str]
@@ -45,7 +47,7 @@ class R3Factors:
     constrained: np.ndarray
     li: np.ndarray
     rp: np.ndarray
-    novelty: np.ndarray
+    copied: np.ndarray
     qr: np.ndarray | None = None
     qr_unguarded: np.ndarray | None = None
     rar: np.ndarray | None = None
@@ -142,7 +144,9 @@ class R3Scorer:
                     constrained=constrained,
                     li=np.array([length_incentive(r) if cfg.use_li else 1.0 for r in responses], dtype=np.float64),
                     rp=np.array([repetition_penalty(r) if cfg.use_rp else 1.0 for r in responses], dtype=np.float64),
-                    novelty=np.array([query_novelty(q, r) for q, r in zip(queries, responses, strict=True)]),
+                    copied=np.array(
+                        [strip_copied(q, r, cfg.copy_guard_min_run)[1] for q, r in zip(queries, responses, strict=True)]
+                    ),
                 )
             factors = self._memo
             if relevance and factors.qr is None:
@@ -153,7 +157,9 @@ class R3Scorer:
         """[N] bool: rows scored by the constrained branch under ``config.branch``."""
         cfg = self.config
         has_ref = np.array([r is not None for r in references], dtype=bool)
-        if cfg.branch == "none":
+        if cfg.branch == "none" or not cfg.use_rar:
+            # the constrained branch is RAR's; without it every row is LI * QR * RP (the authors without relevance
+            # scaling: LI * RP on every row)
             return np.zeros(len(references), dtype=bool)
         if cfg.branch == "reference" or (cfg.branch == "auto" and qtypes is None):
             return has_ref
@@ -179,25 +185,61 @@ class R3Scorer:
         qr = np.ones(n)
         rar = np.where(has_ref, 1.0, np.nan)
         if cfg.use_qr or (cfg.use_rar and has_ref.any()):
-            response_emb = self.retriever.encode(factors.response)
+            response_emb = self._encode_responses(factors.response)
             if cfg.use_qr:
-                query_emb = self.retriever.encode(factors.query, cache=True)
+                query_emb = self.retriever.encode(factors.query, cache=True, truncation_side=cfg.truncation_side)
                 qr = np.where(nonempty, query_relevance(query_emb, response_emb), 0.0)
             if cfg.use_rar and has_ref.any():
                 rows = np.flatnonzero(has_ref)
-                ref_emb = self.retriever.encode([factors.reference[i] for i in rows], cache=True)
+                ref_emb = self.retriever.encode(
+                    [factors.reference[i] for i in rows], cache=True, truncation_side=cfg.truncation_side
+                )
                 rar[rows] = np.where(nonempty[rows], query_relevance(ref_emb, response_emb[rows]), 0.0)
         factors.qr_unguarded = qr
-        if cfg.copy_guard and cfg.use_qr:
-            guard = np.array(
-                [
-                    copy_guard_factor(nv, q, cfg.copy_guard_min_novelty, cfg.copy_guard_min_similarity)
-                    for nv, q in zip(factors.novelty, qr, strict=True)
-                ]
-            )
-            qr = qr * guard
+        if cfg.use_qr:
+            if cfg.copy_guard:
+                qr = qr * self._copy_guard(factors, qr)
+            if cfg.relevance_floor:
+                qr = floored_relevance(qr, cfg.relevance_floor)
         factors.qr = qr
         factors.rar = rar
+
+    def _encode_responses(self, responses: list[str]) -> np.ndarray:
+        """[N, d] response embeddings: one truncated pass each ("truncate"), or the length-weighted mean of the
+        whole response's chunk embeddings ("chunked"; not renormalised, so its dot product with a query is the
+        chunks' relevances averaged by their word tokens, and ``LI * QR`` is the sum of each chunk's ``LI * QR``)."""
+        cfg = self.config
+        if cfg.response_encoding == "truncate":
+            return self.retriever.encode(responses, truncation_side=cfg.truncation_side)
+        chunks = self.retriever.encode_chunks(responses, max_tokens=cfg.chunk_tokens)
+        weights = np.array([len(word_tokens(text)) for text in chunks.chunk_texts()], dtype=np.float64)
+        return chunks.pooled(weights)
+
+    def _copy_guard(self, factors: R3Factors, qr: np.ndarray) -> np.ndarray:
+        """[N] copy-guard factors: for a response that copies words from its query and has QR >= the guard's
+        similarity, :func:`copy_guard_factor` of its QR and the QR of what it adds; 1 elsewhere."""
+        cfg = self.config
+        factor = np.ones(len(qr))
+        rows = [
+            i
+            for i in range(len(qr))
+            if factors.copied[i] > 0 and factors.response[i] and qr[i] >= cfg.copy_guard_min_similarity
+        ]
+        if not rows:
+            return factor
+        rests = [strip_copied(factors.query[i], factors.response[i], cfg.copy_guard_min_run)[0] for i in rows]
+        has_words = [any(ch.isalnum() for ch in rest) for rest in rests]
+        encode_rows = [i for i, keep in zip(rows, has_words, strict=True) if keep]
+        qr_rest = dict.fromkeys(rows, 0.0)
+        if encode_rows:
+            rest_emb = self._encode_responses([r for r, keep in zip(rests, has_words, strict=True) if keep])
+            query_emb = self.retriever.encode(
+                [factors.query[i] for i in encode_rows], cache=True, truncation_side=cfg.truncation_side
+            )
+            qr_rest.update(zip(encode_rows, query_relevance(query_emb, rest_emb).tolist(), strict=True))
+        for i in rows:
+            factor[i] = copy_guard_factor(float(qr[i]), qr_rest[i])
+        return factor
 
 
 _SCORERS: dict[R3Config, R3Scorer] = {}
