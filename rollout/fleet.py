@@ -184,6 +184,8 @@ class Fleet:
         else:
             items = prompts  # type: ignore[assignment] - the align server tokenizes
         step_seed = params.seed if params.seed is not None else draw_step_seed()
+        if self.kind == "vllm":
+            self._follow()
         live = self.live
         if not live:
             raise self._none_left()
@@ -222,6 +224,15 @@ class Fleet:
         if any(r is None for r in results):
             raise self._none_left()
         return results  # type: ignore[return-value]
+
+    def _follow(self) -> None:
+        """Each vLLM server's current adapter (or base model) for this call: another learner process may have
+        synced it."""
+        for member in self.live:
+            try:
+                self.members[member].follow()
+            except ServerUnreachableError as err:
+                self._drop(member, err)
 
     def _tokenize(self, prompt: Prompt) -> list[int]:
         from rollout.transformers_engine import tokenize_prompt

@@ -10,7 +10,8 @@ What it uses of the server (read against vLLM 0.32):
   of the top-5 logprobs at temperature 1 and 0.5 differs by 1/T only when temperature is applied) and refuses a
   server that returns raw logprobs.
 - adapter sync: the LoRA adapter is written once per sync as a PEFT folder (`SyncFolder`) and loaded with
-  `POST /v1/load_lora_adapter` under a new name (the previous one is unloaded). Needs `--enable-lora`,
+  `POST /v1/load_lora_adapter` under a new name, `align-policy-<run>-<version>` (the previous one is unloaded;
+  vLLM refuses a name it already holds, and a server may outlive a run). Needs `--enable-lora`,
   `--max-lora-rank` >= the adapter's rank and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` in the server's environment.
 - full sync: vLLM's RL weight-transfer API (`/init_weight_transfer_engine`, `/start_weight_update`, ...) has
   backends for CUDA only (nccl, sparse_nccl and nccl_m2n need NCCL; ipc shares CUDA memory handles; sharded_rdt
@@ -19,6 +20,9 @@ What it uses of the server (read against vLLM 0.32):
   then `POST /pause?mode=wait`, `POST /collective_rpc` with `reload_weights(weights_path=folder)` (the worker's
   in-place reload, the one the in-process vLLM engine uses), `POST /reset_prefix_cache`, `POST /resume` and
   `POST /update_weight_version`. These routes exist only with `VLLM_SERVER_DEV_MODE=1`.
+Each sync sets the server's weight version (`/update_weight_version`): the adapter's name, or `full-N`. Before
+each generation every client reads it back (`/weight_info`) and generates with that adapter (or the base model):
+the main learner process syncs a shared server, and the other processes follow without syncing themselves.
 Both syncs need the folder to be readable by the server at the same path: the same machine (the default, a
 temporary folder), or `rollout.sync_dir` on storage both machines mount.
 
@@ -50,6 +54,7 @@ logger = logging.getLogger("rollout")
 T = TypeVar("T")
 
 PROCESSED_LOGPROBS = "processed_logprobs"
+ADAPTER_PREFIX = "align-policy-"
 PROBE_TEMPERATURE = 0.5
 
 
@@ -92,6 +97,8 @@ class SyncFolder:
         if root is not None:
             Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="align-sync-", dir=root))
+        # Names this run's adapters on the servers: a server that outlives a run keeps its adapters' names.
+        self.run_tag = self.root.name.removeprefix("align-sync-")
         self.version = 0
         self._lock = threading.Lock()
         self._source: Any = None
@@ -300,6 +307,11 @@ class VLLMServerClient:
                     f"vLLM server {self.address} cannot load adapters at run time: start it with "
                     "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its environment (and --enable-lora)"
                 )
+            if "/weight_info" not in self.routes and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise RolloutServerError(
+                    f"vLLM server {self.address} has no /weight_info: with several learner processes, the ones that "
+                    "do not sync read the current adapter's name there; start it with VLLM_SERVER_DEV_MODE=1"
+                )
         elif not {"/collective_rpc", "/pause", "/resume"} <= self.routes:
             raise RolloutServerError(
                 f"vLLM server {self.address} has no weight-reload routes: full sync needs VLLM_SERVER_DEV_MODE=1 in "
@@ -361,7 +373,7 @@ class VLLMServerClient:
                 f"restart it with --max-lora-rank >= {rank}"
             )
         folder, version = self.staging.stage("adapter", tensors, config)
-        name = f"align-policy-{version}"
+        name = f"{ADAPTER_PREFIX}{self.staging.run_tag}-{version}"
         try:
             self._json("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder)})
         except RolloutServerError as err:
@@ -374,7 +386,7 @@ class VLLMServerClient:
         previous, self.adapter_name, self.model_name = self.adapter_name, name, name
         if previous is not None:
             self._unload(previous)
-        self._set_version(f"adapter-{version}")
+        self._set_version(name)
 
     def update_weights(self, tensors: dict[str, Any]) -> None:
         """Full weights by Hugging Face name through the worker's in-place `reload_weights` from the staged
@@ -406,8 +418,17 @@ class VLLMServerClient:
         if self.routes is not None and "/update_weight_version" in self.routes:
             self._json("POST", "/update_weight_version", {"new_version": version})
 
+    def follow(self) -> None:
+        """Generate with what the server holds now: the adapter named by its weight version (loaded by whichever
+        learner process synced it last), else the base model. Without the RL routes: what this client loaded."""
+        if self.routes is None or "/weight_info" not in self.routes:
+            return
+        version = self.weight_version()
+        adapter = isinstance(version, str) and version.startswith(ADAPTER_PREFIX)
+        self.model_name = version if adapter else self.base_model  # type: ignore[assignment]
+
     def weight_version(self) -> str | None:
-        """What /weight_info reports (the last sync's `adapter-N` / `full-N`); None without the RL routes."""
+        """What /weight_info reports (the last sync's adapter name / `full-N`); None without the RL routes."""
         if self.routes is not None and "/weight_info" not in self.routes:
             return None
         return self._json("GET", "/weight_info").get("weight_version")
