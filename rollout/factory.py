@@ -1,7 +1,11 @@
 """Picks the rollout engine from a recipe's `rollout` section.
 
-- `server_url` set: a `RemoteEngine` talking to `align serve-rollout` at that address (whatever engine the server
-  runs; a mismatch with `engine` is logged). Its weights are synced after each learner update.
+- `server_url` set: rollout servers, synced after each learner update. Each URL's kind (`server_kind: auto`) is
+  read from its endpoints: `align serve-rollout` answers /health with its engine, vLLM's OpenAI server lists
+  /v1/models; one kind per run. One align server given as a string: a `RemoteEngine` (prompts batched per request;
+  a mismatch with `engine` is logged). A list, or vLLM's server: a `rollout.fleet.Fleet` (one seeded request per
+  prompt, split over the servers, failover; vLLM servers get the learner's token ids and read synced weights
+  from `sync_dir`).
 - `engine: vllm`: `vllm.LLM` in this process (GPU, or vLLM's CPU build), synced after each update; when vllm
   cannot be imported this falls back to the transformers engine with a warning that says why. Settings vLLM
   cannot run with (sleep mode on CPU, float32 LoRA on CUDA asked for explicitly, ...) raise ValueError.
@@ -61,24 +65,7 @@ def build_engine(
     """
     uses_peft = peft_rank is not None
     if settings.server_url:
-        from rollout.remote_engine import RemoteEngine
-
-        remote = RemoteEngine(
-            settings.server_url,
-            timeout_s=settings.request_timeout_s,
-            retries=settings.retries,
-            backoff_s=settings.retry_backoff_s,
-        )
-        served = remote.health().get("engine")
-        if served != settings.engine:
-            logger.warning(
-                "rollout.server_url %s runs the %s engine; rollout.engine says %s (the server's engine is used)",
-                remote.address,
-                served,
-                settings.engine,
-            )
-        remote.weight_sync = WeightSync(remote, resolve_sync_mode(settings.weight_sync, uses_peft), shared=True)
-        return remote
+        return build_server_engine(settings, tokenizer, uses_peft=uses_peft)
     if settings.engine == "vllm":
         reason = vllm_import_error()
         if reason is None:
@@ -109,6 +96,74 @@ def build_engine(
         max_prompt_tokens=settings.max_prompt_tokens,
         prompt_truncation=settings.prompt_truncation,
     )
+
+
+def build_server_engine(settings: Any, tokenizer: Any, *, uses_peft: bool) -> RolloutEngine:
+    """The engine for `settings.server_url` (see the module docstring), connected and checked: every server must
+    answer now. RolloutServerError for a server that cannot be used (unreachable, vLLM without the routes or the
+    logprobs the sync mode and the learner need), ValueError for settings that cannot work together."""
+    from rollout.base import PromptLimit, RolloutServerError
+    from rollout.fleet import Fleet, build_member, detect_kind, server_urls
+    from rollout.remote_engine import RemoteEngine, parse_server_url
+
+    urls = server_urls(settings.server_url)
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"rollout.server_url lists a server twice: {urls}")
+    mode = resolve_sync_mode(settings.weight_sync, uses_peft)
+    kinds = {
+        url: settings.server_kind
+        if settings.server_kind != "auto"
+        else detect_kind(url, timeout_s=min(settings.request_timeout_s, 30.0), retries=settings.retries)
+        for url in urls
+    }
+    if len(set(kinds.values())) > 1:
+        listed = ", ".join(f"{url} ({kind})" for url, kind in kinds.items())
+        raise ValueError(f"rollout.server_url mixes align serve-rollout and vLLM servers ({listed}); use one kind")
+    kind = kinds[urls[0]]
+    staging = None
+    if kind == "vllm":
+        from rollout.server import is_loopback
+        from rollout.vllm_server_client import SyncFolder
+
+        remote_hosts = [url for url in urls if not is_loopback(parse_server_url(url)[0])]
+        if remote_hosts and not settings.sync_dir:
+            raise ValueError(
+                f"vLLM server {remote_hosts[0]} is on another machine: it reads synced weights from a folder, so set "
+                "rollout.sync_dir to a folder it mounts at the same path as this machine"
+            )
+        staging = SyncFolder(settings.sync_dir)
+    members = [build_member(url, kind, settings, staging) for url in urls]
+    for member in members:
+        if isinstance(member, RemoteEngine):
+            served = member.health().get("engine")
+            if served is None:
+                raise RolloutServerError(
+                    f"{member.address} is not an `align serve-rollout` server (its /health names no engine); for "
+                    "vLLM's own server set rollout.server_kind: vllm (or auto)"
+                )
+            if served != settings.engine:
+                logger.warning(
+                    "rollout.server_url %s runs the %s engine; rollout.engine says %s (the server's engine is used)",
+                    member.address,
+                    served,
+                    settings.engine,
+                )
+        else:
+            member.connect(probe_ids=_probe_ids(tokenizer))
+            member.check_sync_mode(mode)
+    if kind == "align" and isinstance(settings.server_url, str):
+        engine: Any = members[0]  # one align server: prompts batched per request, as its client always did
+    else:
+        limit = PromptLimit(settings.max_prompt_tokens, settings.prompt_truncation)
+        engine = Fleet(members, kind=kind, tokenizer=tokenizer, prompt_limit=limit, staging=staging)
+    engine.weight_sync = WeightSync(engine, mode, shared=True)
+    return engine
+
+
+def _probe_ids(tokenizer: Any) -> list[int]:
+    """A short prompt to measure a vLLM server's logprobs with."""
+    ids = list(tokenizer(text="Question: what is the answer?")["input_ids"]) if tokenizer is not None else []
+    return ids or [0]
 
 
 def build_sampling_engine(

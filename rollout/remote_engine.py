@@ -4,7 +4,8 @@ Every request goes on a fresh connection, straight to the server (never through 
 with the content type the server requires (`application/json`, or `application/octet-stream` for safetensors).
 It is retried on connection failures, timeouts and 408/502/503/504 answers (503: the server is at its connection
 or upload cap) with exponential backoff (`backoff_s`, doubling, at most `max_backoff_s`); after `retries` retries
-it raises `RolloutServerError` naming host:port, the endpoint, the attempts and the last error. Other HTTP errors
+it raises `ServerUnreachableError` (a `RolloutServerError`) naming host:port, the endpoint, the attempts and the
+last error; a fleet (`rollout.fleet`) takes that as the server being gone. Other HTTP errors
 (bad request, unauthorised, too large) are not retried: they raise at once with the server's one-line message,
 also when the server answered before reading the whole body. Weight updates are sent as safetensors bytes, split
 into requests of at most `chunk_bytes` and of at most what the server's /health says it accepts (each a partial
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger("rollout")
+
+
+class ServerUnreachableError(RolloutServerError):
+    """A rollout server did not answer (connection refused or reset, timeouts, 502/503/504) through every retry."""
+
 
 TOKEN_ENV = "ALIGN_ROLLOUT_TOKEN"
 RETRY_STATUS = (408, 502, 503, 504)
@@ -153,7 +159,7 @@ class RemoteEngine:
                     f"rollout server {self.address} refused {method} {path}: HTTP {status}: {message}"
                 )
             last_error = f"HTTP {status}: {message}"
-        raise RolloutServerError(
+        raise ServerUnreachableError(
             f"rollout server {self.address} is unreachable: {method} {path} failed {self.retries + 1} times over "
             f"{time.monotonic() - start:.1f}s (last error: {last_error}). Is `align serve-rollout` running there "
             "(check rollout.server_url)?"
@@ -189,6 +195,19 @@ class RemoteEngine:
                 )
             groups += [[Sample.from_dict(s) for s in group] for group in samples]
         return groups
+
+    def generate_one(self, prompt: Prompt, params: SamplingParams) -> list[Sample]:
+        """`params.n` samples of one prompt in one request (a fleet's unit of work)."""
+        return self.generate([prompt], params)[0]
+
+    def alive(self) -> bool:
+        """Whether the server answers /health now (one try, at most 10 s)."""
+        probe = RemoteEngine(self.url, token=self.token, timeout_s=min(self.timeout_s, 10.0), retries=0)
+        try:
+            probe.health()
+        except RolloutServerError:
+            return False
+        return True
 
     def _generate_batches(self, prompts: list[Prompt], params: SamplingParams) -> list[list[Prompt]]:
         """`prompts` split so that each request's JSON and completions stay within the server's limits (one

@@ -148,6 +148,10 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 using(unwrapped),
             ):
                 samples = generate_for_prompts(self.rollout_engine, prompts, self.sampling)
+        fleet_metrics = getattr(self.rollout_engine, "step_metrics", None)  # a fleet: live and lost servers
+        if fleet_metrics is not None:
+            for key, value in fleet_metrics().items():
+                self._metrics["train" if self.model.training else "eval"][key].append(value)
         return {
             "prompt_ids": [s.prompt_ids for s in samples],
             "completion_ids": [s.completion_ids for s in samples],

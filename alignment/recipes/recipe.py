@@ -100,10 +100,13 @@ class RolloutConfig:
     """How samples are generated (the rollout worker in rollout/; engines picked by rollout/factory.py).
 
     engine: transformers (the learner's own model, CPU default) or vllm (`vllm.LLM` in this process; falls back
-    to transformers with a warning when vllm cannot be imported). server_url: http://host:port of a server
-    started by `align serve-rollout` (then samples come from it, whatever its engine), with request_timeout_s,
-    retries and retry_backoff_s (doubling) for unreachable servers. weight_sync: what vLLM or the server gets
-    after each update: auto (the LoRA adapter when peft is on, else full weights), full or adapter.
+    to transformers with a warning when vllm cannot be imported). server_url: http://host:port of a rollout
+    server, or a list of them (a fleet: prompts split over the servers, a server that dies is dropped and its
+    prompts retried on the others); server_kind: auto (read from each server's endpoints), align (`align
+    serve-rollout`, whatever its engine) or vllm (vLLM's OpenAI server); request_timeout_s, retries and
+    retry_backoff_s (doubling) for unreachable servers; sync_dir: a folder the vLLM servers read synced weights
+    from at the same path (null: a temporary folder, servers on this machine only). weight_sync: what vLLM or
+    the servers get after each update: auto (the LoRA adapter when peft is on, else full weights), full or adapter.
     max_prompt_tokens: prompt budget (null: the model's context minus max_new_tokens); longer prompts are cut
     from the left with a count logged (prompt_truncation: left) or stop the run (error). gpu_memory_utilization,
     sleep_mode, vllm_options: vLLM's LLM(...) settings (sleep_mode frees its memory between generations).
@@ -118,7 +121,9 @@ class RolloutConfig:
     batch_size: int = 64
     max_prompt_tokens: int | None = None
     prompt_truncation: Literal["left", "error"] = "left"
-    server_url: str | None = None
+    server_url: str | list[str] | None = None
+    server_kind: Literal["auto", "align", "vllm"] = "auto"
+    sync_dir: str | None = None
     request_timeout_s: float = 600.0
     retries: int = 5
     retry_backoff_s: float = 0.5
@@ -158,10 +163,15 @@ class RolloutConfig:
         if self.server_url is not None:
             from rollout.remote_engine import parse_server_url
 
-            try:
-                parse_server_url(self.server_url)
-            except ValueError as err:
-                raise ConfigError(f"{where}.server_url: {err}") from None
+            urls = [self.server_url] if isinstance(self.server_url, str) else self.server_url
+            _check(bool(urls), f"{where}.server_url", "must name at least one server (or be null)")
+            for i, url in enumerate(urls):
+                field_name = f"{where}.server_url" if isinstance(self.server_url, str) else f"{where}.server_url[{i}]"
+                try:
+                    parse_server_url(url)
+                except ValueError as err:
+                    raise ConfigError(f"{field_name}: {err}") from None
+            _check(len(set(urls)) == len(urls), f"{where}.server_url", f"lists a server twice: {urls}")
         _check(self.request_timeout_s > 0, f"{where}.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
         _check_timeout(self.request_timeout_s, f"{where}.request_timeout_s", allow_null=False)
         _check(self.retries >= 0, f"{where}.retries", f"must be >= 0, got {self.retries}")
