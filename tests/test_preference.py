@@ -439,7 +439,9 @@ def test_paper_recipes_carry_the_authors_settings(name: str) -> None:
     assert recipe.algorithm == algorithm and recipe.peft.enabled is False  # every author trained all weights
     assert {k: getattr(resolved, k) for k in preference} == preference
     assert {k: getattr(recipe.train, k) for k in train} == train
-    assert sorted(p.stem for p in PAPER.glob("*.yaml")) == sorted(PAPER_SETTINGS)
+    # every preference recipe in configs/paper is checked here (the reward and weighting ones elsewhere)
+    preference_recipes = [p.stem for p in PAPER.glob("*.yaml") if yaml.safe_load(p.read_text())["algorithm"] != "grpo"]
+    assert sorted(preference_recipes) == sorted(PAPER_SETTINGS)
 
 
 def test_cpu_rpo_recipe_takes_the_authors_sum_defaults() -> None:
