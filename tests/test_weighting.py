@@ -603,3 +603,61 @@ def test_composer_state_with_dynamic_strategy_and_mismatch() -> None:
         _composer(StaticWeights([1.0, 1.0])).load_state_dict(state)
     assert composer.wants_gradients(0) is False
     assert _composer(GradientWeighting([1.0, 1.0])).wants_gradients(0) is True
+
+
+# -- held-out pass (hypervolume source: eval) ------------------------------------------------------------------
+
+
+def test_held_out_share_splits_prompts_over_processes_and_repeats_samples() -> None:
+    from alignment.learners.heldout import HeldOutSet
+    from rollout.base import SamplingParams
+
+    held = HeldOutSet(
+        prompts=["p0", "p1", "p2"], columns={"ref": ["r0", "r1", "r2"]}, params=SamplingParams(n=2, max_tokens=4)
+    )
+    assert held.share(0, 2) == (["p0", "p0", "p2", "p2"], {"ref": ["r0", "r0", "r2", "r2"]})
+    assert held.share(1, 2) == (["p1", "p1"], {"ref": ["r1", "r1"]})
+    assert held.share(3, 4) == ([], {"ref": []})  # more processes than prompts: an empty share
+
+
+def test_held_out_point_is_the_per_objective_mean_over_every_process_rows() -> None:
+    from alignment.learners.heldout import point_from_sums, score_sums
+    from rewards.rules import LengthReward
+    from rollout.base import Sample
+
+    composer = RewardComposer(
+        [
+            Objective("words", LengthReward(unit="words", mode="count")),
+            Objective("chars", LengthReward(unit="chars", mode="count")),
+        ],
+        StaticWeights([1.0, 1.0]),
+    )
+
+    def sample(text: str) -> Sample:
+        return Sample(
+            text=text, prompt_ids=[1], completion_ids=[2] * len(text.split()), logprobs=[], finish_reason="stop"
+        )
+
+    # two processes' shares, scored separately and summed as the learner does across processes
+    first = score_sums(composer, ["q", "q"], [sample("a b"), sample("a b c d")], {})
+    second = score_sums(composer, ["q"], [sample("abc")], {})
+    empty = score_sums(composer, [], [], {})
+    point = point_from_sums(first + second + empty)
+    np.testing.assert_allclose(point, [(2 + 4 + 1) / 3, (3 + 7 + 3) / 3])
+    assert math.isnan(point_from_sums(np.zeros((2, 2)))[0]), "no rows: NaN, which the strategy skips"
+
+
+def test_recipe_refuses_hypervolume_source_eval_without_held_out_prompts(tmp_path) -> None:
+    from alignment.errors import ConfigError
+    from alignment.recipes.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "algorithm: grpo\nmodel: {path: builtin:tiny-policy}\ndata: {train: builtin:quickstart_prompts.jsonl}\n"
+        "rewards:\n  weighting: {strategy: hypervolume, options: {source: eval}}\n"
+        "  objectives: [{name: words, component: length, args: {unit: words, mode: count}}]\n"
+    )
+    with pytest.raises(ConfigError, match="rewards.weighting.options.source"):
+        load_recipe(recipe)
+    loaded = load_recipe(recipe, ["data.eval=builtin:quickstart_eval_prompts.jsonl"])
+    assert loaded.rewards.weighting.wants_heldout()
