@@ -16,10 +16,11 @@ applying the strategy's optional hooks (reward / advantage scale, or its own `co
 `rewards.weighting`); `update` hands the step's matrix (and context such as gradients or an evaluation point)
 to the strategy so it can set the next step's state.
 
-Learner's order per step: `score` (per process) -> gather R[N, K] -> `compose(R, G)` -> `update(R, step=...)`
-(after `compose`; before or after the optimiser step is the same). If `wants_gradients(step)` is true, the
-learner computes the per-objective policy gradients from `objective_advantages(R, G)` and passes them to
-`update` as `gradients=` [K, P] or `gram=` [K, K].
+Learner's order per step: `score` (per process) -> gather R[N, K] -> measurements of the current policy, each
+handed to `update` BEFORE composing this step: a held-out point when `wants_eval(step)` (`update(empty [0, K],
+eval_point=...)`), per-objective policy gradients from `objective_advantages(R, G)` when `wants_gradients(step)`
+(`update(R, gradients=[K, P] or gram=[K, K], ...)`) -> `compose(R, G)` -> `update(R, step=...)` (batch
+statistics; before or after the optimiser step is the same).
 """
 
 from __future__ import annotations
@@ -441,11 +442,16 @@ class RewardComposer:
         """Whether the strategy wants per-objective gradients passed to `update` at this step (default no)."""
         return bool(_hook(self.weighting, "wants_gradients", lambda step: False)(step))
 
+    def wants_eval(self, step: int) -> bool:
+        """Whether the strategy wants a held-out measurement of the policy at this step (default no)."""
+        return bool(_hook(self.weighting, "wants_eval", lambda step: False)(step))
+
     def update(self, matrix: np.ndarray, **context: Any) -> None:
         """Let the weighting strategy see this step's R[N, K] and set its state for the next step.
 
         Context: `step` (always, from the learner), and per strategy `eval_point` [K] (hypervolume),
-        `gradients` [K, P] or `gram` [K, K] and optionally `eta` (gradient).
+        `gradients` [K, P] or `gram` [K, K], `grad_norms` [K], `learning_rate`, `peak_learning_rate` and
+        optionally `eta` (gradient).
         """
         self.weighting.update(matrix, **context)
 

@@ -21,12 +21,15 @@ from rewards.weighting import (
     StaticWeights,
     build_weighting,
     clip_gram,
+    in_layer_band,
+    layer_index,
     meta_factor,
     mirror_descent_step,
     mixed_advantages,
     multiplier_step,
     safe_rlhf_advantages,
     squash,
+    step_size,
     unsquashed_advantages,
 )
 
@@ -86,6 +89,20 @@ def test_hypervolume_eval_point_source_and_nan() -> None:
     batch_hv.update(batch(0.0, 0.0))
     batch_hv.update(np.array([[1.0, np.nan], [1.0, np.nan]]))  # no value for objective 2: skipped
     assert batch_hv.meta() == 1.0 and batch_hv.metrics()["hv/buffer_size"] == 1.0
+
+
+def test_hypervolume_asks_for_held_out_passes_on_its_cadence() -> None:
+    every = HypervolumeWeighting([1.0, 1.0], source="eval", eval_every=3)
+    assert [every.wants_eval(step) for step in range(7)] == [True, False, False, True, False, False, True]
+    assert not HypervolumeWeighting([1.0, 1.0]).wants_eval(0)  # source batch measures batches instead
+    assert _composer(every).wants_eval(3) and not _composer(StaticWeights([1.0, 1.0])).wants_eval(0)
+    # an eval point comes with an empty matrix before the step is composed; the batch update after it only
+    # feeds the running scales
+    hv = HypervolumeWeighting([1.0, 1.0], scales=[1.0, 1.0], source="eval")
+    hv.update(np.empty((0, 2)), step=0, eval_point=[0.0, 0.0])
+    hv.update(batch(3.0, 3.0), step=0)
+    hv.update(np.empty((0, 2)), step=1, eval_point=[1.0, 0.5])
+    assert hv.meta() == pytest.approx(meta_factor(0.5))
 
 
 def test_hypervolume_given_reference_orientation_and_cap() -> None:
@@ -206,17 +223,86 @@ def test_weight_ratio_follows_influence(k: int, seed: int, eta: float) -> None:
         assert new[top] > w[top]  # the objective most aligned with the others gains weight
 
 
-def test_gradient_strategy_interval_and_skips() -> None:
-    gw = GradientWeighting([1.0, 3.0], eta=0.1, update_interval=2, clip_norm=None)
+def test_gradient_strategy_sparse_interval_and_skips() -> None:
+    """average_interval false: gradients only on moving steps ((step + 1) % interval == 0), one step each."""
+    gw = GradientWeighting([1.0, 3.0], eta=0.1, update_interval=2, clip_norm=None, average_interval=False)
     np.testing.assert_allclose(gw.weights(), [0.25, 0.75])
     m = batch(0.0, 0.0)
-    assert gw.wants_gradients(0) and not gw.wants_gradients(1)
+    assert not gw.wants_gradients(0) and gw.wants_gradients(1) and not gw.wants_gradients(2)
     gw.update(m, step=1)  # no gradients: unchanged
-    gw.update(m, step=1, gradients=np.eye(2))  # off the interval: ignored
+    gw.update(m, step=2, gradients=np.eye(2))  # off the interval: ignored
     np.testing.assert_allclose(gw.weights(), [0.25, 0.75])
-    gw.update(m, step=2, gram=np.array([[1.0, 0.0], [0.0, 0.0]]))
+    gw.update(m, step=3, gram=np.array([[1.0, 0.0], [0.0, 0.0]]))
     np.testing.assert_allclose(gw.weights(), mirror_descent_step([0.25, 0.75], gram=np.diag([1.0, 0.0])))
     assert gw.metrics()["gradient/updates"] == 1.0
+
+
+def test_gradient_strategy_averages_influence_over_the_interval() -> None:
+    """The authors' weight accumulation: gradients every step, the influences averaged, one move per interval."""
+    grams = [
+        np.array([[4.0, 1.0], [1.0, 1.0]]),
+        np.array([[1.0, -1.0], [-1.0, 9.0]]),
+        np.array([[2.0, 0.0], [0.0, 2.0]]),
+    ]
+    gw = GradientWeighting([1.0, 1.0], eta=0.2, update_interval=3, clip_norm=None)
+    assert all(gw.wants_gradients(step) for step in range(6))
+    for step, gram in enumerate(grams):
+        gw.update(batch(0.0, 0.0), step=step, gram=gram)
+        if step < 2:
+            np.testing.assert_array_equal(gw.weights(), [0.5, 0.5])  # accumulating
+    mean_influence = np.mean([g.sum(axis=1) for g in grams], axis=0)  # [(5 + 0 + 2) / 3, (2 + 8 + 2) / 3]
+    e = np.exp(0.2 * mean_influence)
+    np.testing.assert_allclose(gw.weights(), e / e.sum(), rtol=1e-12)
+    np.testing.assert_allclose(gw.metrics()["gradient/influence/1"], mean_influence[1], rtol=1e-12)
+    saved = json.loads(json.dumps(gw.state_dict()))
+    gw.update(batch(0.0, 0.0), step=3, gram=grams[0])  # accumulation restarts and survives a resume
+    resumed = GradientWeighting([1.0, 1.0], eta=0.2, update_interval=3, clip_norm=None)
+    resumed.load_state_dict(saved)
+    resumed.update(batch(0.0, 0.0), step=3, gram=grams[0])
+    assert resumed.state_dict() == gw.state_dict()
+
+
+def test_gradient_step_size_follows_the_learning_rate() -> None:
+    """eta_t = lr_t / lambda (Lu et al.): with eta_schedule lr, eta at the peak lr and proportionally less after."""
+    assert step_size(0.1, "lr", None, 0.5e-6, 1e-6) == pytest.approx(0.05)
+    assert step_size(0.1, "constant", None, 0.5e-6, 1e-6) == 0.1
+    assert step_size(0.1, "lr", None, None, None) == 0.1  # no learning rate known: eta
+    assert step_size(0.1, "lr", 1e-5, 1e-6, 2e-6) == pytest.approx(0.1)  # the authors' lr 1e-6 / lambda 1e-5
+    with pytest.raises(ValueError, match="learning rate"):
+        step_size(0.1, "lr", 1e-5, None, None)
+    gram = np.array([[1.0, 0.0], [0.0, 0.0]])
+    gw = GradientWeighting([1.0, 1.0], eta=0.4, clip_norm=None)
+    gw.update(batch(0.0, 0.0), step=0, gram=gram, learning_rate=1e-3, peak_learning_rate=2e-3)
+    np.testing.assert_allclose(gw.weights(), mirror_descent_step([0.5, 0.5], gram=gram, eta=0.2), rtol=1e-12)
+    assert gw.metrics()["gradient/eta"] == pytest.approx(0.2)
+    by_lambda = GradientWeighting([1.0, 1.0], regularization=1e-2, clip_norm=None)
+    by_lambda.update(batch(0.0, 0.0), step=0, gram=gram, learning_rate=1e-3, peak_learning_rate=2e-3)
+    assert by_lambda.metrics()["gradient/eta"] == pytest.approx(0.1)
+
+
+def test_clipping_by_the_whole_model_norm_then_the_band() -> None:
+    """The authors clip each objective's whole-model gradient, then keep a band of layers: the band's Gram matrix
+    is scaled by min(1, c / |g_whole|), not by the band's own norm."""
+    band = np.array([[0.6, 0.8], [0.3, 0.0]])  # band parts of two gradients; their whole-model norms: 5 and 0.5
+    gram = band @ band.T
+    whole = np.array([5.0, 0.5])
+    c = np.array([0.2, 1.0])
+    np.testing.assert_allclose(clip_gram(gram, 1.0, whole), gram * np.outer(c, c), rtol=1e-12)
+    np.testing.assert_allclose(clip_gram(gram, 1.0), gram, rtol=1e-12)  # band norms 1 and 0.3: no clip
+    gw = GradientWeighting([1.0, 1.0], eta=1.0)
+    gw.update(batch(0.0, 0.0), step=0, gradients=band, grad_norms=whole)
+    clipped = gram * np.outer(c, c)
+    np.testing.assert_allclose(gw.weights(), mirror_descent_step([0.5, 0.5], gram=clipped, eta=1.0), rtol=1e-12)
+    np.testing.assert_allclose(gw.metrics()["gradient/cosine/0/1"], 0.6, rtol=1e-12)
+
+
+def test_layer_band_selects_decoder_layers() -> None:
+    assert layer_index("base_model.model.model.layers.12.self_attn.q_proj.lora_A.default.weight") == 12
+    assert layer_index("model.embed_tokens.weight") is None and layer_index("lm_head.weight") is None
+    assert in_layer_band("model.layers.10.mlp.up_proj.weight", (10, 25))
+    assert not in_layer_band("model.layers.9.mlp.up_proj.weight", (10, 25))
+    assert not in_layer_band("model.norm.weight", (10, 25)) and in_layer_band("model.norm.weight", None)
+    assert GradientWeighting([1.0, 1.0], layer_band=[10, 25]).layer_band == (10, 25)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -322,7 +408,7 @@ def test_lagrangian_combine_equals_mix_of_per_objective_advantages() -> None:
     np.testing.assert_allclose(comp.weights, [2 - s.sum(), s[0], -s[1]], rtol=1e-12)
     assert comp.metrics["lagrange/multiplier/1"] == pytest.approx(s[0])
     # KL-only base (A_base = 0): only the constraint terms remain
-    kl_only = LagrangianWeighting(3, [(1, 0.5)], base=None)
+    kl_only = LagrangianWeighting(3, [(1, 0.5)], base=None, init=0.0)
     np.testing.assert_allclose(kl_only.combine(matrix, 4, "group")[1], 0.5 * a[:, 1], rtol=1e-12)
 
 
@@ -334,7 +420,7 @@ def test_safe_rlhf_form_and_sum_of_rewards_variant() -> None:
     np.testing.assert_allclose(lw.combine(matrix, 4, "group")[1], (a[:, 0] - 2.0 * a[:, 1]) / 3.0, rtol=1e-12)
     np.testing.assert_allclose(lw.weights(), [1 / 3, -2 / 3], rtol=1e-12)
     # maximise the sum of both rewards s.t. upper bounds on each
-    both = LagrangianWeighting(2, [(0, 1.0, "upper"), (1, 1.0, "upper")], base=[0, 1])
+    both = LagrangianWeighting(2, [(0, 1.0, "upper"), (1, 1.0, "upper")], base=[0, 1], init=0.0)
     s = squash([0.0, 0.0])
     np.testing.assert_allclose(both.weights(), [2 - s.sum() - s[0], 2 - s.sum() - s[1]], rtol=1e-12)
 
@@ -353,6 +439,46 @@ def test_lagrangian_toy_loop() -> None:
     assert first_met > 5
     assert np.all(np.diff(multipliers[:first_met]) > 0)  # violated: rising
     assert multipliers[first_met] < multipliers[first_met - 1]  # met: falling
+
+
+def test_lagrangian_defaults_follow_the_authors_code() -> None:
+    """Moskovitz et al.'s code: lambda_0 ~ N(0, 0.01) (one draw, seeded), gradient clip 0.5, SGD momentum 0.1."""
+    lw = LagrangianWeighting(3, [(1, 0.5), (2, 0.1)], base=0, seed=11)
+    start = lw.state_dict()["param"]
+    assert start[0] == start[1] == pytest.approx(np.random.default_rng(11).normal(0.0, 0.01))
+    assert 0 < abs(start[0]) < 0.05 and lw.max_grad_norm == 0.5 and lw.momentum == 0.1
+    assert LagrangianWeighting(3, [(1, 0.5)], seed=11).state_dict()["param"][0] == start[0]
+    assert LagrangianWeighting(3, [(1, 0.5)], seed=12).state_dict()["param"][0] != start[0]
+    assert LagrangianWeighting(2, [(1, 0.5)], form="unsquashed").max_grad_norm == 0.5
+    assert LagrangianWeighting(2, [(1, 0.5, "upper")], form="safe_rlhf").max_grad_norm is None
+    assert LagrangianWeighting(2, [(1, 0.5)], max_grad_norm=None).max_grad_norm is None
+    # the clip binds: J - theta = -10 gives a raw gradient 0.25 * -10; clipped to norm 0.5 the step is 0.05
+    clipped = LagrangianWeighting(2, [(1, 10.0)], init=0.0)
+    clipped.update(batch(0.0, 0.0))
+    np.testing.assert_allclose(clipped.state_dict()["param"], [0.05], rtol=1e-12)
+
+
+def test_lagrangian_minibatch_cadence() -> None:
+    """minibatches x epochs multiplier steps per update, each on one minibatch's J (the authors: one per PPO
+    minibatch), in a seeded order that a resumed run repeats."""
+    rng = np.random.default_rng(4)
+    matrix = np.stack([rng.normal(size=16), rng.uniform(size=16)], axis=1)
+    lw = LagrangianWeighting(2, [(1, 0.9)], base=0, init=0.0, minibatches=4, epochs=3, seed=5)
+    lw.update(matrix)
+    order_rng = np.random.default_rng([5, 0])
+    expected, vel = np.array([0.0]), None
+    for _ in range(3):
+        for rows in np.array_split(order_rng.permutation(16), 4):
+            expected, vel = multiplier_step(
+                expected, [matrix[rows, 1].mean()], [0.9], lr=0.1, momentum=0.1, velocity=vel, max_grad_norm=0.5
+            )
+    np.testing.assert_allclose(lw.state_dict()["param"], expected, rtol=1e-12)
+    one_step = LagrangianWeighting(2, [(1, 0.9)], base=0, init=0.0)
+    one_step.update(matrix)
+    assert lw.multipliers()[0] > one_step.multipliers()[0] > 0.5  # J < 0.9: both rise, twelve steps further
+    fewer_rows = LagrangianWeighting(2, [(1, 0.9)], base=0, init=0.0, minibatches=40)
+    fewer_rows.update(matrix[:3])  # more minibatches than rows: one row each
+    assert fewer_rows.state_dict()["updates"] == 1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -444,6 +570,13 @@ def test_factory_builds_every_strategy() -> None:
         ("gradient", 2, {"eta": 0}, "weighting.eta"),
         ("gradient", 2, {"weights": [1, -1]}, "weighting.weights: gradient weighting needs positive"),
         ("static", 2, {"eta": 0.1}, r"unknown option\(s\) \['eta'\]"),
+        ("hypervolume", 2, {"eval_every": 2}, "weighting.eval_every: applies to source: eval"),
+        ("hypervolume", 2, {"source": "eval", "eval_every": 0}, "weighting.eval_every: must be an integer"),
+        ("gradient", 2, {"eta": 0.1, "regularization": 1e-5}, "weighting.regularization: give eta or"),
+        ("gradient", 2, {"layer_band": [3, 1]}, r"weighting.layer_band: must be \[first, last\]"),
+        ("gradient", 2, {"eta_schedule": "cosine"}, "weighting.eta_schedule: 'cosine'"),
+        ("lagrangian", 2, {"constraints": [{"objective": "b", "threshold": 1}], "minibatches": 0}, "minibatches"),
+        ("lagrangian", 2, {"constraints": [{"objective": "b", "threshold": 1}], "seed": 1.5}, "weighting.seed"),
         ("static", 2, {"weights": [1]}, "needs 2 entries"),
         ("dynamic", 2, {}, "weighting.strategy: 'dynamic' is not known"),
         (
@@ -470,3 +603,61 @@ def test_composer_state_with_dynamic_strategy_and_mismatch() -> None:
         _composer(StaticWeights([1.0, 1.0])).load_state_dict(state)
     assert composer.wants_gradients(0) is False
     assert _composer(GradientWeighting([1.0, 1.0])).wants_gradients(0) is True
+
+
+# -- held-out pass (hypervolume source: eval) ------------------------------------------------------------------
+
+
+def test_held_out_share_splits_prompts_over_processes_and_repeats_samples() -> None:
+    from alignment.learners.heldout import HeldOutSet
+    from rollout.base import SamplingParams
+
+    held = HeldOutSet(
+        prompts=["p0", "p1", "p2"], columns={"ref": ["r0", "r1", "r2"]}, params=SamplingParams(n=2, max_tokens=4)
+    )
+    assert held.share(0, 2) == (["p0", "p0", "p2", "p2"], {"ref": ["r0", "r0", "r2", "r2"]})
+    assert held.share(1, 2) == (["p1", "p1"], {"ref": ["r1", "r1"]})
+    assert held.share(3, 4) == ([], {"ref": []})  # more processes than prompts: an empty share
+
+
+def test_held_out_point_is_the_per_objective_mean_over_every_process_rows() -> None:
+    from alignment.learners.heldout import point_from_sums, score_sums
+    from rewards.rules import LengthReward
+    from rollout.base import Sample
+
+    composer = RewardComposer(
+        [
+            Objective("words", LengthReward(unit="words", mode="count")),
+            Objective("chars", LengthReward(unit="chars", mode="count")),
+        ],
+        StaticWeights([1.0, 1.0]),
+    )
+
+    def sample(text: str) -> Sample:
+        return Sample(
+            text=text, prompt_ids=[1], completion_ids=[2] * len(text.split()), logprobs=[], finish_reason="stop"
+        )
+
+    # two processes' shares, scored separately and summed as the learner does across processes
+    first = score_sums(composer, ["q", "q"], [sample("a b"), sample("a b c d")], {})
+    second = score_sums(composer, ["q"], [sample("abc")], {})
+    empty = score_sums(composer, [], [], {})
+    point = point_from_sums(first + second + empty)
+    np.testing.assert_allclose(point, [(2 + 4 + 1) / 3, (3 + 7 + 3) / 3])
+    assert math.isnan(point_from_sums(np.zeros((2, 2)))[0]), "no rows: NaN, which the strategy skips"
+
+
+def test_recipe_refuses_hypervolume_source_eval_without_held_out_prompts(tmp_path) -> None:
+    from alignment.errors import ConfigError
+    from alignment.recipes.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "algorithm: grpo\nmodel: {path: builtin:tiny-policy}\ndata: {train: builtin:quickstart_prompts.jsonl}\n"
+        "rewards:\n  weighting: {strategy: hypervolume, options: {source: eval}}\n"
+        "  objectives: [{name: words, component: length, args: {unit: words, mode: count}}]\n"
+    )
+    with pytest.raises(ConfigError, match="rewards.weighting.options.source"):
+        load_recipe(recipe)
+    loaded = load_recipe(recipe, ["data.eval=builtin:quickstart_eval_prompts.jsonl"])
+    assert loaded.rewards.weighting.wants_heldout()

@@ -85,12 +85,13 @@ def peft_config(recipe: Recipe, model: Any) -> Any:
 
 def build_composer(recipe: Recipe) -> RewardComposer:
     """The recipe's reward composer; bad component names or arguments raise ConfigError."""
-    return build_composer_from(recipe.rewards)
+    return build_composer_from(recipe.rewards, seed=recipe.seed)
 
 
-def build_composer_from(rewards: RewardsConfig) -> RewardComposer:
+def build_composer_from(rewards: RewardsConfig, seed: int | None = None) -> RewardComposer:
     """A composer from a recipe's `rewards` section; bad names, arguments, masks or weighting options raise
-    ConfigError naming the field."""
+    ConfigError naming the field. `seed` (the recipe's) seeds the Lagrange multipliers' initial draw unless
+    the options give one."""
     objectives, masks = [], {}
     for i, objective in enumerate(rewards.objectives):
         where = f"rewards.objectives[{i}] ({objective.name})"
@@ -109,6 +110,8 @@ def build_composer_from(rewards: RewardsConfig) -> RewardComposer:
     names = [o.name for o in rewards.objectives]
     options = dict(rewards.weighting.options)
     options.setdefault("weights", [o.weight for o in rewards.objectives])
+    if rewards.weighting.strategy == "lagrangian" and seed is not None:
+        options.setdefault("seed", seed)
     try:
         weighting = build_weighting(rewards.weighting.strategy, len(names), names, **options)
         return RewardComposer(

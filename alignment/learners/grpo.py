@@ -8,9 +8,11 @@ one fails loudly). One public hook, TRL-documented but marked experimental:
 Three private methods, overridden because TRL offers no public point there:
 - `_calculate_rewards`: the composer scores every objective on this process's rows (failures become NaN and
   are counted); the [N, K] matrix is gathered across processes, as TRL does, and kept for the step.
-- `_generate_and_score_completions`: after TRL's own pass, the advantages are replaced by the composer's
-  (masking, normalisation and weighting are the composer's job), per-objective and composite rewards and the
-  weights are logged, and the weighting strategy sees the gathered matrix (identical on every rank).
+- `_generate_and_score_completions`: after TRL's own pass, the weighting strategy gets what it asked for about
+  the policy as it stands (a held-out pass, per-objective gradients), the advantages are replaced by the
+  composer's (masking, normalisation and weighting are the composer's job), TRL's `reward` metrics are replaced
+  by the composite reward those advantages come from, per-objective and composite rewards and the weights are
+  logged, and the weighting strategy sees the gathered matrix (identical on every rank).
 - `_get_train_sampler`: TRL's RepeatSampler re-seeded per epoch, without which a resumed run does not see the same
   prompts as an uninterrupted one.
 And it calls TRL's private `_compute_loss` (per-objective gradients for gradient weighting) and appends to TRL's
@@ -20,6 +22,7 @@ And it calls TRL's private `_compute_loss` (per-objective gradients for gradient
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +35,9 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler
 
 from alignment.learners.checkpointing import AtomicCheckpointMixin
-from rewards.composer import RewardComposer
+from alignment.learners.heldout import HeldOutSet, point_from_sums, score_sums
+from rewards.composer import Composition, RewardComposer
+from rewards.weighting.gradient import in_layer_band
 from rollout.base import Prompt, RolloutEngine, Sample, SamplingParams
 
 
@@ -63,6 +68,8 @@ def run_lengths(prompts: Sequence[Prompt]) -> list[tuple[Prompt, int]]:
 
 def generate_for_prompts(engine: RolloutEngine, prompts: Sequence[Prompt], params: SamplingParams) -> list[Sample]:
     """One sample per entry of `prompts` (which repeats each prompt), in order; equal runs share one request."""
+    if not prompts:  # a process with no share of a held-out set still takes part in the sync around it
+        return []
     runs = run_lengths(prompts)
     counts = {count for _, count in runs}
     if len(counts) == 1:
@@ -95,12 +102,14 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         engine: RolloutEngine,
         sampling: SamplingParams,
         keep_checkpoints: int | None = None,
+        heldout: HeldOutSet | None = None,
         **kwargs: Any,
     ) -> None:
         self.composer = composer
         self.rollout_engine = engine
         self.sampling = sampling
         self.keep_checkpoints = keep_checkpoints
+        self.heldout = heldout
         self._reward_matrix: torch.Tensor | None = None
         self._reward_failures: dict[str, int] = {}
         self._reward_masked: dict[str, int] = {}
@@ -133,21 +142,24 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         self.accelerator.wait_for_everyone()
         self._synced_step = self.state.global_step
 
-    def _rollout(self, prompts: list[Prompt], trainer: Any) -> dict[str, Any]:
+    def _sample_policy(self, prompts: list[Prompt], params: SamplingParams) -> list[Sample]:
+        """One sample per entry of `prompts` from the current policy (engine synced or pointed at the model)."""
         self._sync_rollout_weights()
         using = getattr(self.rollout_engine, "using", None)
         if using is None:
-            samples = generate_for_prompts(self.rollout_engine, prompts, self.sampling)
-        else:
-            with (
-                unwrap_model_for_generation(
-                    self.model_wrapped,
-                    self.accelerator,
-                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                ) as unwrapped,
-                using(unwrapped),
-            ):
-                samples = generate_for_prompts(self.rollout_engine, prompts, self.sampling)
+            return generate_for_prompts(self.rollout_engine, prompts, params)
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+            ) as unwrapped,
+            using(unwrapped),
+        ):
+            return generate_for_prompts(self.rollout_engine, prompts, params)
+
+    def _rollout(self, prompts: list[Prompt], trainer: Any) -> dict[str, Any]:
+        samples = self._sample_policy(prompts, self.sampling)
         fleet_metrics = getattr(self.rollout_engine, "step_metrics", None)  # a fleet: live and lost servers
         if fleet_metrics is not None:
             for key, value in fleet_metrics().items():
@@ -201,15 +213,17 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         assert self._reward_matrix is not None
         matrix = self._reward_matrix.double().cpu().numpy()
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        composition = self.composer.compose(matrix, group_size)
         local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
+        step = int(self.state.global_step)
+        if mode == "train":
+            self._measure_policy(output, matrix, group_size, local, step)
+        composition = self.composer.compose(matrix, group_size)
         advantages = output["advantages"]
         output["advantages"] = torch.as_tensor(
             composition.advantages[local], dtype=advantages.dtype, device=advantages.device
         )
         metrics = self._metrics[mode]
-        with np.errstate(all="ignore"):
-            composite_mean = float(np.nanmean(composition.rewards)) if np.isfinite(composition.rewards).any() else 0.0
+        composite_mean = self._log_composite_reward(metrics, composition, group_size)
         metrics["reward/composite"].append(composite_mean)
         for name, weight in zip(self.composer.names, composition.weights):
             metrics[f"weights/{name}"].append(float(weight))
@@ -219,28 +233,96 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
         for key, value in composition.metrics.items():
             metrics[f"weighting/{key}"].append(float(value))
         if mode == "train":
-            step = int(self.state.global_step)
-            context: dict[str, Any] = {"step": step}
-            if self.composer.wants_gradients(step):
-                context["gradients"] = self._objective_gradients(output, matrix, group_size, local)
-            self.composer.update(matrix, **context)
+            self.composer.update(matrix, step=step)
         return output
+
+    def _log_composite_reward(
+        self, metrics: dict[str, list[float]], composition: Composition, group_size: int
+    ) -> float:
+        """Replace TRL's `reward`, `reward_std` and `frac_reward_zero_std` of this step (computed from the static
+        `reward_weights`) by those of the composite reward the advantages come from; returns its mean."""
+        rewards = composition.rewards
+        finite = rewards[np.isfinite(rewards)]
+        mean = float(finite.mean()) if finite.size else 0.0
+        std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            group_std = np.nanstd(rewards.reshape(-1, group_size), axis=1, ddof=1)
+        zero_std = float(np.mean(np.nan_to_num(group_std, nan=0.0) < 1e-8))
+        for key, value in (("reward", mean), ("reward_std", std), ("frac_reward_zero_std", zero_std)):
+            if metrics[key]:
+                metrics[key][-1] = value
+            else:
+                metrics[key].append(value)
+        return mean
+
+    def _measure_policy(
+        self, output: dict[str, Any], matrix: np.ndarray, group_size: int, local: slice, step: int
+    ) -> None:
+        """Hand the weighting strategy what it asked for about the policy as it stands, before this step is
+        composed: a held-out point (hypervolume, source eval) and per-objective gradients (gradient weighting)."""
+        if self.composer.wants_eval(step):
+            point = self._heldout_point(step)
+            self.composer.update(np.empty((0, matrix.shape[1])), step=step, eval_point=point)
+        if self.composer.wants_gradients(step):
+            gradients, norms = self._objective_gradients(output, matrix, group_size, local)
+            self.composer.update(
+                matrix,
+                step=step,
+                gradients=gradients,
+                grad_norms=norms,
+                learning_rate=float(self.lr_scheduler.get_last_lr()[0]),
+                peak_learning_rate=float(self.args.learning_rate),
+            )
+
+    def _heldout_point(self, step: int) -> np.ndarray:
+        """Per-objective means [K] of the current policy on the held-out prompts (all processes together).
+
+        Each process generates for its share of the prompts under a forked RNG (seeded by the run's seed and the
+        step, so the pass neither disturbs training's random stream nor differs on resume); sums and counts are
+        added up over processes. Logs the point as heldout/<objective> and the pass's seconds.
+        """
+        if self.heldout is None:
+            raise RuntimeError("the weighting strategy asks for held-out passes but the trainer has no held-out set")
+        start = time.perf_counter()
+        prompts, columns = self.heldout.share(self.accelerator.process_index, self.accelerator.num_processes)
+        seed = int(np.random.SeedSequence([int(self.args.seed), step]).generate_state(1)[0] >> 1)
+        params = dataclasses.replace(self.heldout.params, seed=seed)
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            samples = self._sample_policy(prompts, params)
+        sums = torch.tensor(score_sums(self.composer, prompts, samples, columns), device=self.accelerator.device)
+        totals = gather(sums.unsqueeze(0)).sum(dim=0).double().cpu().numpy()
+        point = point_from_sums(totals)
+        metrics = self._metrics["train"]
+        for name, value in zip(self.composer.names, point):
+            metrics[f"heldout/{name}"].append(float(value))
+        metrics["heldout/seconds"].append(time.perf_counter() - start)
+        return point
 
     def _objective_gradients(
         self, inputs: dict[str, Any], matrix: np.ndarray, group_size: int, local: slice
-    ) -> np.ndarray:
-        """Per-objective policy-gradient vectors g[K, P] over the trainable parameters (LoRA adapters with PEFT).
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-objective policy gradients g[K, P] over the strategy's layer band, and their norms [K] over every
+        trainable parameter (LoRA adapters with PEFT).
 
         For gradient-based weighting (Lu et al., arXiv 2509.11452, SPECS 2b): objective k's advantages come
-        from r_k alone (group-normalised), the GRPO loss on this batch is differentiated with those advantages,
-        and the gradients are averaged over processes. Costs K extra backward passes, hence the strategy's
-        update interval. TRL's per-call loss metrics are rolled back so that logs count each step once.
+        from r_k alone (normalised as the composer does), the GRPO loss on this batch is differentiated with
+        those advantages, and the gradients are averaged over processes. The authors clip each objective's
+        whole-model gradient at 1.0 and then keep layers 10..25: the norms returned here are the whole-model
+        ones the strategy clips by, the vectors the band's (``layer_band``; all trainable parameters when None).
+        Costs K extra backward passes. TRL's per-call loss metrics are rolled back so that logs count each step
+        once.
         """
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        band = getattr(self.composer.weighting, "layer_band", None)
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        selected = torch.tensor([in_layer_band(name, band) for name, _ in named], dtype=torch.bool)
+        keep = None if band is None else selected.repeat_interleave(torch.tensor([p.numel() for p in params]))
         per_objective = self.composer.objective_advantages(matrix, group_size)[local]
         mode_metrics = self._metrics["train"]
         lengths = {key: len(values) for key, values in mode_metrics.items()}
-        vectors = []
+        vectors, norms = [], []
         try:
             for k in range(per_objective.shape[1]):
                 advantages = torch.as_tensor(per_objective[:, k], dtype=inputs["advantages"].dtype)
@@ -249,14 +331,16 @@ class ComposedGRPOTrainer(AtomicCheckpointMixin, GRPOTrainer):
                 flat = torch.cat(
                     [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
                 )
-                vectors.append(self.accelerator.reduce(flat.detach().float(), reduction="mean"))
+                flat = self.accelerator.reduce(flat.detach().float(), reduction="mean")
+                norms.append(torch.linalg.vector_norm(flat.double()).item())
+                vectors.append(flat if keep is None else flat[keep.to(flat.device)])
         finally:
             for key in list(mode_metrics):
                 if key in lengths:
                     del mode_metrics[key][lengths[key] :]
                 else:
                     del mode_metrics[key]
-        return torch.stack(vectors).cpu().numpy().astype(np.float64)
+        return torch.stack(vectors).cpu().numpy().astype(np.float64), np.asarray(norms)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def extra_checkpoint_state(self) -> dict[str, Any]:

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignment.errors import DataError
+from alignment.errors import ConfigError, DataError
 from alignment.learners.chat_check import check_preference_rendering, check_prompt_rendering
 from alignment.learners.factory import build_composer, build_rollout_engine, load_model_and_tokenizer, peft_config
+from alignment.learners.heldout import load_heldout
 from alignment.learners.preflight import check_steps_have_data
 from alignment.learners.trainer_args import grpo_args, preference_args, world_info
 from alignment.recipes.preference_data import drop_long_prompts, read_preference_rows
 from alignment.recipes.prompt_data import load_prompts
 from alignment.recipes.recipe import Recipe
 from rewards.composer import RewardComposer
+from rewards.weighting.gradient import layer_index
 
 
 @dataclass
@@ -39,8 +41,17 @@ def grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
     all checked before the trainer is built."""
     dataset = load_prompts(recipe.data.train, recipe.data.prompt_column, recipe.data.max_rows)
     composer = build_composer(recipe)
+    heldout = load_heldout(recipe) if recipe.rewards.weighting.wants_heldout() else None
     model, tokenizer = load_model_and_tokenizer(recipe)
     check_prompt_rendering(tokenizer, dataset["prompt"], recipe.data.train)
+    check_layer_band(composer, model)
+    rows = recipe.train.prompts_per_step * recipe.train.num_generations
+    minibatches = getattr(composer.weighting, "minibatches", 1)
+    if minibatches > rows:
+        raise ConfigError(
+            f"rewards.weighting.options.minibatches: {minibatches} multiplier minibatches but a step has only "
+            f"{rows} completions (train.prompts_per_step x train.num_generations)"
+        )
     lora = peft_config(recipe, model)
     args = grpo_args(recipe, run_dir, world_size)
 
@@ -61,6 +72,7 @@ def grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
             engine=engine,
             sampling=sampling,
             keep_checkpoints=recipe.train.save_total_limit,
+            heldout=heldout,
             callbacks=callbacks,
         )
         if engine.name == "transformers":  # it generates with the trainer's (possibly PEFT-wrapped) model
@@ -68,6 +80,20 @@ def grpo_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:
         return trainer
 
     return TrainerSetup(build=build, composer=composer, run_files={})
+
+
+def check_layer_band(composer: RewardComposer, model: Any) -> None:
+    """ConfigError when gradient weighting's `layer_band` selects no parameter of the policy (checked on the base
+    model: a LoRA adapter wraps the same ``layers.N`` modules)."""
+    band = getattr(composer.weighting, "layer_band", None)
+    if band is None:
+        return
+    layers = sorted({i for name, _ in model.named_parameters() if (i := layer_index(name)) is not None})
+    if not any(band[0] <= i <= band[1] for i in layers):
+        have = f"layers {layers[0]}..{layers[-1]}" if layers else "no numbered layers"
+        raise ConfigError(
+            f"rewards.weighting.options.layer_band: {list(band)} selects no parameter of the policy (it has {have})"
+        )
 
 
 def preference_setup(recipe: Recipe, run_dir: Path, world_size: int) -> TrainerSetup:

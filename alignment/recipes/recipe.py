@@ -216,19 +216,52 @@ class ObjectiveConfig:
 
 
 @dataclass
+class HeldOutEvalConfig:
+    """The held-out pass a weighting strategy can ask for during training (hypervolume with `source: eval`).
+
+    prompts: a prompt dataset (default: data.eval); max_prompts: the first N rows (null: all); samples: completions
+    per prompt; greedy: decode greedily (top_k 1, as the authors' validation), else sample with the rollout's
+    settings, seeded by (recipe seed, step) so a resumed run repeats it; max_new_tokens: null = the rollout's.
+    """
+
+    prompts: str | None = None
+    max_prompts: int | None = None
+    samples: int = 1
+    greedy: bool = True
+    max_new_tokens: int | None = None
+
+    def validate(self, where: str) -> None:
+        if self.max_prompts is not None:
+            _check(self.max_prompts > 0, f"{where}.max_prompts", f"must be positive or null, got {self.max_prompts}")
+        _check(self.samples > 0, f"{where}.samples", f"must be positive, got {self.samples}")
+        if self.max_new_tokens is not None:
+            _check(
+                self.max_new_tokens > 0,
+                f"{where}.max_new_tokens",
+                f"must be positive or null, got {self.max_new_tokens}",
+            )
+
+
+@dataclass
 class WeightingConfig:
     """How the objectives' weights move during training (see rewards/weighting/ for each strategy).
 
     static: the objectives' weights. hypervolume (Lu et al., 2025): the weights plus a meta-factor from the
     Pareto buffer's hypervolume gain; options scales, reference, buffer_size, placement (advantages|rewards),
-    maximize, source. gradient (Lu et al., 2025): mirror descent on gradient influence; options eta,
-    update_interval, clip_norm. lagrangian (Moskovitz et al., 2024): constraints [{objective, threshold,
-    direction: lower|upper|equal}], base, form (moskovitz|unsquashed|safe_rlhf), lr, momentum, init,
-    max_grad_norm, lambda_max.
+    maximize, source (batch|eval), eval_every. gradient (Lu et al., 2025): mirror descent on gradient influence;
+    options eta or regularization, eta_schedule, update_interval, average_interval, clip_norm, layer_band.
+    lagrangian (Moskovitz et al., 2024): constraints [{objective, threshold, direction: lower|upper|equal}],
+    base, form (moskovitz|unsquashed|safe_rlhf), lr, momentum, init, max_grad_norm, lambda_max, seed,
+    minibatches, epochs. `eval`: the held-out pass for hypervolume's `source: eval`.
     """
 
     strategy: Literal["static", "hypervolume", "gradient", "lagrangian"] = "static"
     options: dict[str, Any] = field(default_factory=dict)
+    eval: HeldOutEvalConfig = field(default_factory=HeldOutEvalConfig)
+
+    def wants_heldout(self) -> bool:
+        """Whether training runs held-out passes for the strategy (hypervolume with `source: eval`)."""
+        return self.strategy == "hypervolume" and self.options.get("source") == "eval"
 
 
 @dataclass
@@ -456,6 +489,13 @@ class Recipe:
         )
         if self.algorithm == "grpo":
             _check(len(self.rewards.objectives) > 0, "rewards.objectives", "needs at least one objective (grpo)")
+            if self.rewards.weighting.wants_heldout():
+                _check(
+                    bool(self.rewards.weighting.eval.prompts or self.data.eval),
+                    "rewards.weighting.options.source",
+                    "eval measures the policy on held-out prompts during training; set rewards.weighting.eval.prompts "
+                    "or data.eval (or use source: batch)",
+                )
         else:
             if self.iterative.rounds > 0:
                 _check(bool(self.iterative.prompts), "iterative.prompts", "iterative rounds need a prompt file")
@@ -500,6 +540,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     recipe.data.train = resolve_path(recipe.data.train, base, "data.train")
     if recipe.data.eval is not None:
         recipe.data.eval = resolve_path(recipe.data.eval, base, "data.eval")
+    held_out = recipe.rewards.weighting.eval
+    if held_out.prompts is not None:
+        held_out.prompts = resolve_path(held_out.prompts, base, "rewards.weighting.eval.prompts")
     if recipe.train.deepspeed is not None:
         recipe.train.deepspeed = resolve_path(recipe.train.deepspeed, base, "train.deepspeed")
         load_and_check_deepspeed(recipe)  # now, not minutes later in every launched process

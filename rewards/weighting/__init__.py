@@ -6,10 +6,12 @@ Every strategy implements four methods:
 
 * ``weights() -> w[K]``: the current weights (float64). The composer's composite reward is sum_k w_k R[:, k].
 * ``update(matrix, **context)``: sees the step's per-objective reward matrix R[N, K] (gathered over all
-  processes, masked, NaN = not applicable) and whatever else the learner hands it, and sets the state used by
-  the NEXT step. Context keys a strategy does not use are ignored. Keys in use: ``step`` (int, the global step),
-  ``eval_point`` ([K] per-objective scores from a validation pass, hypervolume), ``gradients`` ([K, P]
-  per-objective policy-loss gradients) or ``gram`` ([K, K] their Gram matrix) and ``eta`` (gradient).
+  processes, masked, NaN = not applicable) and whatever else the learner hands it, and sets the state used
+  from then on. Context keys a strategy does not use are ignored. Keys in use: ``step`` (int, the number of
+  optimiser steps taken so far), ``eval_point`` ([K] per-objective means of a held-out pass, with an empty
+  matrix [0, K]; hypervolume), ``gradients`` ([K, P] per-objective policy-loss gradients) or ``gram`` ([K, K]
+  their Gram matrix), ``grad_norms`` ([K] each gradient's norm over all trainable parameters),
+  ``learning_rate`` and ``peak_learning_rate`` (the policy's current and configured lr) and ``eta`` (gradient).
 * ``state_dict()`` / ``load_state_dict(state)``: the mutable state as JSON-ready lists and floats (no NaN), so
   a resumed run continues identically.
 
@@ -21,13 +23,19 @@ and may implement these optional hooks; the composer uses the default when a hoo
   composer's weighted-sum-then-normalise path (used by the Lagrangian mix); None falls back to it.
 * ``wants_gradients(step) -> bool`` (default False): whether the learner should compute per-objective
   gradients (K extra backward passes) at this step and pass them to ``update`` as ``gradients=`` or ``gram=``.
+* ``wants_eval(step) -> bool`` (default False): whether the learner should score the policy on held-out
+  prompts at this step and pass the per-objective means to ``update`` as ``eval_point=``.
 * ``metrics() -> dict[str, float]`` (default {}): extra scalars to log (meta factor, multipliers, ...).
 
-Order of calls per training step (alignment/grpo.py): ``composer.score`` per process -> gather R[N, K] ->
-``composer.compose(R, G)`` (uses the current state) -> ``composer.update(R, step=...)`` (sets the next
-step's state). The update only reads this step's rollouts, which the policy step does not change, so calling
-it before or after the optimiser step gives the same numbers. Strategies are deterministic given the same
-inputs, so every rank computes the same weights from the same gathered matrix.
+Order of calls per training step (alignment/learners/grpo.py): ``composer.score`` per process -> gather
+R[N, K] -> measurements of the policy as it stands, handed over BEFORE this step is composed, as the authors
+do: ``update([0, K], eval_point=...)`` when ``wants_eval(step)`` (Lu et al. validate after every update and
+scale the next step), ``update(R, gradients=..., ...)`` when ``wants_gradients(step)`` (Lu et al. reweight a
+step from its own gradients) -> ``composer.compose(R, G)`` (uses the current state) ->
+``composer.update(R, step=...)`` (batch statistics: the Lagrange multipliers, the batch-source hypervolume
+point; they set the next step's state). That update only reads this step's rollouts, which the policy step
+does not change, so calling it before or after the optimiser step gives the same numbers. Strategies are
+deterministic given the same inputs, so every rank computes the same weights from the same gathered matrix.
 
 Strategies (one module each)
 ----------------------------
@@ -46,7 +54,17 @@ of them from config options, raising `RewardConfigError` naming a bad option.
 
 from rewards.weighting.base import WeightingStrategy
 from rewards.weighting.factory import build_weighting
-from rewards.weighting.gradient import GradientWeighting, clip_gram, gradient_influence, mirror_descent_step
+from rewards.weighting.gradient import (
+    GradientWeighting,
+    clip_gram,
+    exponentiated_step,
+    gradient_cosines,
+    gradient_influence,
+    in_layer_band,
+    layer_index,
+    mirror_descent_step,
+    step_size,
+)
 from rewards.weighting.hypervolume import HypervolumeWeighting, Placement, meta_factor
 from rewards.weighting.lagrangian import (
     LAMBDA_CEILING,
@@ -56,6 +74,8 @@ from rewards.weighting.lagrangian import (
     LagrangianWeighting,
     Parametrization,
     direction_signs,
+    initial_multipliers,
+    minibatch_means,
     mixed_advantages,
     multiplier_step,
     multiplier_values,
@@ -80,13 +100,20 @@ __all__ = [
     "build_weighting",
     "clip_gram",
     "direction_signs",
+    "exponentiated_step",
+    "gradient_cosines",
     "gradient_influence",
+    "in_layer_band",
+    "initial_multipliers",
+    "layer_index",
     "meta_factor",
+    "minibatch_means",
     "mirror_descent_step",
     "mixed_advantages",
     "multiplier_step",
     "multiplier_values",
     "safe_rlhf_advantages",
     "squash",
+    "step_size",
     "unsquashed_advantages",
 ]

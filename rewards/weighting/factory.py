@@ -19,9 +19,40 @@ from rewards.weighting.static import StaticWeights
 
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "static": ("weights",),
-    "hypervolume": ("weights", "scales", "reference", "buffer_size", "placement", "maximize", "source"),
-    "gradient": ("weights", "eta", "update_interval", "clip_norm"),
-    "lagrangian": ("weights", "constraints", "base", "form", "lr", "momentum", "init", "max_grad_norm", "lambda_max"),
+    "hypervolume": (
+        "weights",
+        "scales",
+        "reference",
+        "buffer_size",
+        "placement",
+        "maximize",
+        "source",
+        "eval_every",
+    ),
+    "gradient": (
+        "weights",
+        "eta",
+        "eta_schedule",
+        "regularization",
+        "update_interval",
+        "average_interval",
+        "clip_norm",
+        "layer_band",
+    ),
+    "lagrangian": (
+        "weights",
+        "constraints",
+        "base",
+        "form",
+        "lr",
+        "momentum",
+        "init",
+        "max_grad_norm",
+        "lambda_max",
+        "seed",
+        "minibatches",
+        "epochs",
+    ),
 }
 
 
@@ -43,13 +74,17 @@ def build_weighting(
     * static: ``weights`` [K] (default all 1).
     * hypervolume: ``weights``, ``scales`` [K] or null (running std), ``reference`` [K] or null (p0),
       ``buffer_size`` int or null, ``placement`` advantages|rewards, ``maximize`` [K] bools or null (from the
-      weights' signs), ``source`` batch|eval.
-    * gradient: ``weights`` (positive), ``eta`` (0.1), ``update_interval`` (1), ``clip_norm`` (1.0 or null).
+      weights' signs), ``source`` batch|eval, ``eval_every`` (1; source eval only).
+    * gradient: ``weights`` (positive), ``eta`` (0.1) or ``regularization`` (eta_t = lr_t / regularization),
+      ``eta_schedule`` lr|constant (lr), ``update_interval`` (1), ``average_interval`` (true), ``clip_norm``
+      (1.0 or null), ``layer_band`` [first, last] or null (all trainable parameters).
     * lagrangian: ``weights`` must be absent or all 1 (the multipliers are the weights); ``constraints``
       (required) - a list of {objective: name, threshold: float, direction:
       lower|upper|equal (default lower)}; ``base`` - an objective name, a list of names, or null (KL-only);
       ``form`` moskovitz|unsquashed|safe_rlhf; ``lr`` (0.1); ``momentum`` (form default: 0.1, 0.1, 0.0);
-      ``init`` (initial multiplier: 0 pre-squash, 0.5, 1.0); ``max_grad_norm``; ``lambda_max``.
+      ``init`` (initial multiplier; form default: a seeded N(0, 0.01) draw pre-squash, 0.5, 1.0);
+      ``max_grad_norm`` (form default 0.5, 0.5, null = no clip); ``lambda_max``; ``seed`` (0; the learner
+      passes the recipe's); ``minibatches`` and ``epochs`` (1, 1: multiplier steps per update).
 
     Objectives are named by ``names`` (default "0", "1", ...). Unknown strategies or options, and bad values,
     raise RewardConfigError naming the field (``weighting.<option>``).

@@ -30,9 +30,13 @@ class HypervolumeWeighting:
     Lu et al. (arXiv 2509.11452), hypervolume-guided weighting. A Pareto buffer B holds per-objective score
     vectors, every objective oriented to be maximised. Each ``update(R[N, K], eval_point=None)``:
 
-    1. measures p_t [K]: ``eval_point`` when the learner passes one (the authors run a validation pass every
-       step), else the batch's per-objective nanmean (a cheap estimate; ``source="eval"`` ignores batches
-       and waits for eval points). A p_t with a NaN objective (no value in the batch) is skipped.
+    1. measures p_t [K]: ``eval_point`` when the learner passes one, else the batch's per-objective nanmean
+       (``source="batch"``, a cheap estimate). ``source="eval"`` ignores batches and waits for eval points:
+       `wants_eval` asks the learner for a held-out pass (every ``eval_every`` steps, counting from step 0,
+       i.e. before the first update, which gives p0; the authors validate before training and after every
+       step), which it runs on the policy as it stands and hands over with an empty matrix before composing
+       the step, so m from the policy after update t scales step t + 1, as in the authors' loop. A p_t with a
+       NaN objective (no value in the batch or eval set) is skipped.
     2. The first measurement p0 becomes both the first element of B and the HV reference point, unless
        ``reference`` was given (then B starts empty). m stays 1 until there is something to compare.
     3. HVC = HV(B u {p_t}) - HV(B) (exact, `rewards.pareto.hypervolume_improvement`), m = meta_factor(HVC);
@@ -71,6 +75,7 @@ class HypervolumeWeighting:
         placement: Placement = "advantages",
         maximize: Sequence[bool] | None = None,
         source: Literal["batch", "eval"] = "batch",
+        eval_every: int | None = None,
     ) -> None:
         self._w = finite_vector(weights, "weighting.weights")
         k = self._w.size
@@ -99,6 +104,12 @@ class HypervolumeWeighting:
         if source not in ("batch", "eval"):
             raise RewardConfigError(f"weighting.source: {source!r} is not allowed; choose batch or eval")
         self.source = source
+        if eval_every is not None:
+            if source != "eval":
+                raise RewardConfigError("weighting.eval_every: applies to source: eval (held-out passes) only")
+            if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+                raise RewardConfigError(f"weighting.eval_every: must be an integer >= 1, got {eval_every!r}")
+        self.eval_every = 1 if eval_every is None else eval_every
         self._buffer = np.empty((0, k))
         self._m = 1.0
         self._last_hvc = 0.0
@@ -115,6 +126,10 @@ class HypervolumeWeighting:
     def meta(self) -> float:
         """The current meta factor m (1.0 before the first comparison)."""
         return self._m
+
+    def wants_eval(self, step: int) -> bool:
+        """Whether the learner should measure p_t on held-out prompts at this step (source eval only)."""
+        return self.source == "eval" and int(step) % self.eval_every == 0
 
     def reward_scale(self) -> float:
         return self._m if self.placement == "rewards" else 1.0

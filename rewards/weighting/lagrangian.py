@@ -193,12 +193,38 @@ class Constraint:
     direction: Direction = "lower"
 
 
-_FORM_DEFAULTS: dict[str, tuple[Parametrization, float, float]] = {
-    # form: (parametrization, default momentum, default initial multiplier value)
-    "moskovitz": ("squashed", 0.1, 0.0),  # authors: lambda ~ N(0, 0.01) before squashing; we start at 0
-    "unsquashed": ("identity", 0.1, 0.5),  # authors' code starts the unsquashed lambda at 0.5
-    "safe_rlhf": ("log", 0.0, 1.0),  # safe-rlhf: lambda_init 1.0, plain SGD on log lambda
+_FORM_DEFAULTS: dict[str, tuple[Parametrization, float, float | None, float | None]] = {
+    # form: (parametrization, momentum, initial multiplier value (None: drawn from N(0, INIT_STD)), gradient clip)
+    "moskovitz": ("squashed", 0.1, None, 0.5),  # authors: lambda ~ N(0, 0.01), SGD momentum 0.1, clip 0.5
+    "unsquashed": ("identity", 0.1, 0.5, 0.5),  # authors' code starts the unsquashed lambda at 0.5
+    "safe_rlhf": ("log", 0.0, 1.0, None),  # safe-rlhf: lambda_init 1.0, plain SGD on log lambda, no clip
 }
+INIT_STD = 0.01
+_DEFAULT: Any = object()  # "not given": the form's default (None is a value: no clip)
+
+
+def initial_multipliers(count: int, seed: int) -> np.ndarray:
+    """The authors' squashed start [count]: ONE draw lambda_0 ~ N(0, 0.01) shared by every constraint (their code
+    draws a single number and repeats it), from a generator seeded by `seed`."""
+    return np.full(count, float(np.random.default_rng(seed).normal(0.0, INIT_STD)))
+
+
+def minibatch_means(columns: np.ndarray, minibatches: int, epochs: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per-minibatch NaN-aware means of the constrained columns [N, C], in the order the multiplier sees them.
+
+    The authors take one multiplier step per PPO minibatch: ``epochs`` passes over the rollout, each a fresh
+    random permutation cut into minibatches. Here each pass cuts a permutation of the N rows into
+    min(minibatches, N) near-equal chunks (np.array_split); with one minibatch the rows keep their order.
+    Returns epochs * chunks vectors [C] (NaN where a chunk has no value for a constraint).
+    """
+    n = columns.shape[0]
+    chunks = max(1, min(minibatches, n))
+    means: list[np.ndarray] = []
+    for _ in range(epochs):
+        order = rng.permutation(n) if chunks > 1 else np.arange(n)
+        for rows in np.array_split(order, chunks):
+            means.append(nanmean_columns(columns[rows]))
+    return means
 
 
 class LagrangianWeighting:
@@ -223,10 +249,20 @@ class LagrangianWeighting:
     exactly (base factor on the base objectives plus d_i s_i on constrained ones; 0 for objectives in
     neither); `multipliers()` gives s (or lambda) per constraint and `metrics()` logs both.
 
-    ``update(R)`` does one `multiplier_step` with J_i = nanmean of the constrained column over the batch
-    (the authors: one step per policy update, after it). The learner calls ``compose`` (mix with lambda_t)
-    then ``update`` (lambda_{t+1}); J is detached from this step's rollouts, so it does not matter whether the
-    optimiser step happens in between.
+    ``update(R)`` takes ``epochs`` x ``minibatches`` `multiplier_step`s, each with J_i = nanmean of the
+    constrained column over one minibatch of the batch's rows (`minibatch_means`; the order is drawn from a
+    generator seeded by (``seed``, update count), so a resumed run repeats it). The authors take one step per
+    PPO minibatch, after that minibatch's policy step: 40 minibatches x 5 epochs = 200 per rollout in their
+    dialog config. This learner takes one policy step per generation batch, so the default (1 x 1) keeps
+    their one-multiplier-step-per-policy-step rule; ``minibatches``/``epochs`` give their per-rollout
+    multiplier speed (configs/paper/lagrangian.yaml, docs/FIDELITY.md). The learner calls ``compose`` (mix
+    with lambda_t) then ``update`` (lambda_{t+1}); J is detached from this step's rollouts, so it does not
+    matter whether the optimiser step happens in between.
+
+    Defaults per form (the authors' code): moskovitz starts every multiplier at one draw from N(0, 0.01)
+    (seeded by ``seed``) and clips the multiplier gradient's norm at 0.5 (their policy max_grad_norm, reused
+    for the multipliers); unsquashed starts at 0.5, clip 0.5; safe_rlhf starts at lambda 1, no clip. ``init``
+    and ``max_grad_norm`` (null: no clip) override them.
     """
 
     name = "lagrangian"
@@ -240,9 +276,12 @@ class LagrangianWeighting:
         lr: float = 0.1,
         momentum: float | None = None,
         init: float | None = None,
-        max_grad_norm: float | None = None,
+        max_grad_norm: float | None = _DEFAULT,
         lambda_max: float | None = None,
         names: Sequence[str] | None = None,
+        seed: int = 0,
+        minibatches: int = 1,
+        epochs: int = 1,
     ) -> None:
         if isinstance(num_objectives, bool) or not isinstance(num_objectives, int) or num_objectives < 1:
             raise RewardConfigError(f"weighting: num_objectives must be a positive integer, got {num_objectives!r}")
@@ -290,12 +329,14 @@ class LagrangianWeighting:
         if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
             raise RewardConfigError(f"weighting.lr: must be a number > 0, got {lr!r}")
         self.lr = float(lr)
-        parametrization, default_momentum, default_init = _FORM_DEFAULTS[form]
+        parametrization, default_momentum, default_init, default_clip = _FORM_DEFAULTS[form]
         self.parametrization: Parametrization = parametrization
         momentum = default_momentum if momentum is None else momentum
         if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
             raise RewardConfigError(f"weighting.momentum: must be a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
+        if max_grad_norm is _DEFAULT:
+            max_grad_norm = default_clip
         if max_grad_norm is not None and not (isinstance(max_grad_norm, int | float) and max_grad_norm > 0):
             raise RewardConfigError(f"weighting.max_grad_norm: must be a number > 0 or null, got {max_grad_norm!r}")
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
@@ -308,19 +349,31 @@ class LagrangianWeighting:
             if not (isinstance(lambda_max, int | float) and lambda_max > 0):
                 raise RewardConfigError(f"weighting.lambda_max: must be a number > 0 or null, got {lambda_max!r}")
         self.lambda_max = None if lambda_max is None else float(lambda_max)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise RewardConfigError(f"weighting.seed: must be an integer, got {seed!r}")
+        self.seed = seed
+        for option, value in (("minibatches", minibatches), ("epochs", epochs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RewardConfigError(f"weighting.{option}: must be an integer >= 1, got {value!r}")
+        self.minibatches, self.epochs = minibatches, epochs
+        n_c = len(parsed)
         init = default_init if init is None else init
-        if not (isinstance(init, int | float) and math.isfinite(init)):
-            raise RewardConfigError(f"weighting.init: must be a finite number, got {init!r}")
-        if parametrization == "log" and init <= 0:
-            raise RewardConfigError(f"weighting.init: safe_rlhf's lambda must start > 0, got {init!r}")
-        if parametrization == "identity" and init < 0 and any(c.direction != "equal" for c in parsed):
-            raise RewardConfigError(f"weighting.init: unsquashed inequality multipliers must start >= 0, got {init}")
-        start = math.log(init) if parametrization == "log" else float(init)
+        if init is None:
+            start_values = initial_multipliers(n_c, seed)
+        else:
+            if not (isinstance(init, int | float) and math.isfinite(init)):
+                raise RewardConfigError(f"weighting.init: must be a finite number, got {init!r}")
+            if parametrization == "log" and init <= 0:
+                raise RewardConfigError(f"weighting.init: safe_rlhf's lambda must start > 0, got {init!r}")
+            if parametrization == "identity" and init < 0 and any(c.direction != "equal" for c in parsed):
+                raise RewardConfigError(
+                    f"weighting.init: unsquashed inequality multipliers must start >= 0, got {init}"
+                )
+            start_values = np.full(n_c, math.log(init) if parametrization == "log" else float(init))
         if names is not None and len(names) != num_objectives:
             raise RewardConfigError(f"weighting: {len(names)} names for {num_objectives} objectives")
         self.names = list(names) if names is not None else [str(k) for k in range(num_objectives)]
-        n_c = len(parsed)
-        self._param = np.full(n_c, start)
+        self._param = start_values
         self._velocity = np.zeros(n_c)
         self._last_j = np.zeros(n_c)
         self._updates = 0
@@ -364,19 +417,22 @@ class LagrangianWeighting:
     def update(self, matrix: np.ndarray, **context: Any) -> None:
         matrix = np.asarray(matrix, dtype=np.float64)
         check_matrix(matrix, self.num_objectives)
-        j = nanmean_columns(matrix)[self._idx]
-        self._param, self._velocity = multiplier_step(
-            self._param,
-            j,
-            self._theta,
-            self._dirs,
-            lr=self.lr,
-            momentum=self.momentum,
-            velocity=self._velocity,
-            parametrization=self.parametrization,
-            max_grad_norm=self.max_grad_norm,
-            max_value=self.lambda_max,
-        )
+        columns = matrix[:, self._idx]
+        rng = np.random.default_rng([self.seed, self._updates])
+        for j_minibatch in minibatch_means(columns, self.minibatches, self.epochs, rng):
+            self._param, self._velocity = multiplier_step(
+                self._param,
+                j_minibatch,
+                self._theta,
+                self._dirs,
+                lr=self.lr,
+                momentum=self.momentum,
+                velocity=self._velocity,
+                parametrization=self.parametrization,
+                max_grad_norm=self.max_grad_norm,
+                max_value=self.lambda_max,
+            )
+        j = nanmean_columns(columns)
         self._last_j = np.where(np.isfinite(j), j, self._last_j)
         self._updates += 1
 
