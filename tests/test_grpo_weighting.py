@@ -16,6 +16,7 @@ import pytest
 
 from alignment.cli import main
 from alignment.learners.grpo import ComposedGRPOTrainer
+from alignment.recipes.recipe import load_recipe
 from rewards.composer import RewardComposer
 from rewards.normalization import group_advantages, weighted_sum
 from rewards.weighting import meta_factor
@@ -78,7 +79,7 @@ def test_hypervolume_meta_factor_from_held_out_passes_scales_the_loss_advantages
         ],
     )
     assert len(spies.compositions) == len(spies.losses) == steps
-    weights = np.array([1.0, 0.5])  # the quickstart's relevance and length weights
+    weights = np.array([o.weight for o in load_recipe(QUICKSTART).rewards.objectives])  # relevance, length
     factors = [c["scale"] for c in spies.compositions]
     for record, composition, received in zip(records, spies.compositions, spies.losses):
         # held-out points (the policy before this step) reached the strategy, not the batch means
