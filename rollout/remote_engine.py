@@ -41,9 +41,19 @@ class ServerUnreachableError(RolloutServerError):
 
 TOKEN_ENV = "ALIGN_ROLLOUT_TOKEN"
 RETRY_STATUS = (408, 502, 503, 504)
+
+
 SEND_BLOCK = 2**20
 HEADER_ALLOWANCE = 4096  # room for the safetensors header's fixed part and padding
 TENSOR_HEADER_BYTES = 256  # more than one tensor's header entry takes, besides its name
+
+
+def wait_before_retry(server: str, what: str, last_error: str, attempt: int, client: Any) -> None:
+    """Log and sleep before retry `attempt` (1, 2, ...) of `what`: exponential backoff from `client.backoff_s`,
+    doubling, capped at `client.max_backoff_s` (the clients' shared schedule; `client.retries` is the budget)."""
+    delay = min(client.backoff_s * 2 ** (attempt - 1), client.max_backoff_s)
+    logger.warning("%s: %s failed (%s); retry %d/%d in %.1fs", server, what, last_error, attempt, client.retries, delay)
+    time.sleep(delay)
 
 
 def parse_server_url(url: str) -> tuple[str, int]:
@@ -128,18 +138,7 @@ class RemoteEngine:
         last_error = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                delay = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
-                logger.warning(
-                    "rollout server %s: %s %s failed (%s); retry %d/%d in %.1fs",
-                    self.address,
-                    method,
-                    path,
-                    last_error,
-                    attempt,
-                    self.retries,
-                    delay,
-                )
-                time.sleep(delay)
+                wait_before_retry(f"rollout server {self.address}", f"{method} {path}", last_error, attempt, self)
             try:
                 status, answer = self._exchange(method, path, body, headers)
             except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, unresolvable

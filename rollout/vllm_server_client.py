@@ -51,7 +51,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rollout.base import Prompt, PromptLimit, RolloutServerError, Sample, SamplingParams
-from rollout.remote_engine import RETRY_STATUS, TOKEN_ENV, ServerUnreachableError, parse_server_url
+from rollout.remote_engine import (
+    RETRY_STATUS,
+    TOKEN_ENV,
+    ServerUnreachableError,
+    parse_server_url,
+    wait_before_retry,
+)
 
 logger = logging.getLogger("rollout")
 T = TypeVar("T")
@@ -196,17 +202,7 @@ class VLLMServerClient:
         start, last_error = time.monotonic(), ""
         for attempt in range(self.retries + 1):
             if attempt:
-                delay = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
-                logger.warning(
-                    "vLLM server %s: %s failed (%s); retry %d/%d in %.1fs",
-                    self.address,
-                    what,
-                    last_error,
-                    attempt,
-                    self.retries,
-                    delay,
-                )
-                time.sleep(delay)
+                wait_before_retry(f"vLLM server {self.address}", what, last_error, attempt, self)
             try:
                 try:
                     return fn()
