@@ -208,6 +208,7 @@ try:
     out["results"] = ranks.run_everywhere(work)
 except DataError as err:
     out["error"] = str(err)
+ranks.close()
 print(json.dumps(out), flush=True)
 """
 

@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
     try:
-        return int(importlib.import_module(COMMAND_MODULES[args.command]).run(args))
+        code = int(importlib.import_module(COMMAND_MODULES[args.command]).run(args))
+        if code == 0:  # launched runs: every rank finished, so they end the process group together
+            from alignment.learners.trainer_args import end_process_group
+
+            end_process_group()
+        return code
     except (UserInputError, RewardConfigError, RewardComponentError) as err:
         report_error(args.command, err)
         return 2

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from alignment.errors import ConfigError, DataError, UserInputError
 from alignment.io import StorageError
-from alignment.learners.trainer_args import init_process_group, world_info
+from alignment.learners.trainer_args import end_process_group, init_process_group, world_info
 from alignment.recipes.recipe import Recipe
 from rewards.errors import RewardComponentError, RewardConfigError
 from rollout.base import RolloutServerError
@@ -74,6 +74,16 @@ class RankGroup:
             import torch.distributed as dist
 
             dist.barrier(group=self._group)
+
+    def close(self) -> None:
+        """End the run's process group on every rank together (`trainer_args.end_process_group`); for scripts that
+        use a RankGroup outside `align` (the command line ends it itself)."""
+        if self._group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group(self._group)
+            self._group = None
+        end_process_group()
 
     def run_everywhere(self, work: Any, *args: Any, **kwargs: Any) -> list[Any]:
         """`work(*args, **kwargs)` on every rank; every rank's result, in rank order.

@@ -67,6 +67,23 @@ def init_process_group(recipe: Recipe) -> None:
             del os.environ["ACCELERATE_USE_DEEPSPEED"]
 
 
+def end_process_group() -> None:
+    """Wait for every process of a launched run, then take torch.distributed's default group down.
+
+    Called once a launched command has finished on every rank. A process that exits with gloo's connections still
+    open can abort during teardown ("terminate called without an active exception", SIGABRT) when its peer exits
+    first; ending the group together avoids that. Does nothing in a single process or when torch.distributed was
+    never started (so in-process callers, e.g. tests, keep their state).
+    """
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if world_info()[1] <= 1 or dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def zero_stage(path: str) -> int:
     """The ZeRO stage of a DeepSpeed JSON config (0 when absent); ConfigError when the file is not JSON."""
     return int(read_deepspeed_config(path).get("zero_optimization", {}).get("stage", 0))
