@@ -3,6 +3,7 @@ DeepSpeed, logging) and each learner's own (GRPOConfig, DPOConfig)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,31 @@ def end_process_group() -> None:
     dist = sys.modules.get("torch.distributed")
     if world_info()[1] <= 1 or dist is None or not dist.is_available() or not dist.is_initialized():
         return
-    dist.barrier()
+    dist.barrier()  # every rank is done with the shared segments below
+    remove_deepspeed_shm_segment()
     dist.destroy_process_group()
+
+
+def deepspeed_shm_segment() -> Path | None:
+    """This process's segment of DeepSpeed's CPU all-reduce in /dev/shm (None when not launched).
+
+    DeepSpeed's CPU communication op gives every process a ~66 MB shared-memory segment named
+    deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{RANK} and never unlinks it, so each launched
+    CPU run would leave 66 MB of RAM per process in /dev/shm until the machine restarts.
+    """
+    addr, port, rank = (os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK"))
+    if not (addr and port and rank):
+        return None
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def remove_deepspeed_shm_segment() -> None:
+    """Unlink this process's DeepSpeed all-reduce segment (`deepspeed_shm_segment`); processes that still map it
+    keep it until they exit. Call only once no rank will open it again (after a barrier at the end of a run)."""
+    segment = deepspeed_shm_segment()
+    if segment is not None:
+        with contextlib.suppress(OSError):
+            segment.unlink()
 
 
 def zero_stage(path: str) -> int:
