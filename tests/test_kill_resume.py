@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from fault_components import REPO, check_checkpoints, cli_env, metrics_records, record_result, write_tiny_recipe
+from launch_helpers import group_alive
 from safetensors.torch import load_file
 
 from alignment.cli import main
@@ -43,22 +44,6 @@ def _logged_steps(run_dir: Path) -> list[int]:
     if not path.exists():
         return []
     return [int(json.loads(line)["step"]) for line in path.read_text(encoding="utf-8").split("\n")[:-1]]
-
-
-def _group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group `pgid`."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(entry.name))
-    return alive
 
 
 def _train(command: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
@@ -83,10 +68,10 @@ def _kill_at(proc: subprocess.Popen[bytes], run_dir: Path, step: int, delay: flo
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     for _ in range(600):
-        if not _group_alive(proc.pid):
+        if not group_alive(proc.pid):
             break
         time.sleep(0.05)
-    assert not _group_alive(proc.pid), "every process of the run (launcher and workers) is gone"
+    assert not group_alive(proc.pid), "every process of the run (launcher and workers) is gone"
     staging = run_dir / STAGING_DIR
     torn = sorted(p.name for p in staging.glob("checkpoint-*")) if staging.is_dir() else []
     return {
